@@ -1,0 +1,52 @@
+"""solvers: numerical integrators for ODEs on PyTorch tensors (imports torch only).
+
+Two doors onto one engine: :func:`odeint` (torchdiffeq-compatible) and :func:`solve`
+(returns a :class:`Solution` with ``ys``, ``ts``, ``stats`` and ``status``).
+"""
+
+from ._api import GRADIENT_MODES, odeint, register_gradient_mode, solve
+from ._base import AbstractAdaptiveSolver, AbstractImplicitSolver, AbstractSolver, StepResult
+from ._controller import AbstractController, IController, PIController
+from ._explicit import AbstractAdaptiveExplicitRK, AbstractExplicitRK
+from ._registry import METHODS, get_method, register_method
+from ._solution import (
+    MaxStepsError,
+    NonFiniteStateError,
+    RootFinderError,
+    Solution,
+    SolverError,
+    Stats,
+    Status,
+    StepSizeUnderflowError,
+)
+from ._tableau import ButcherTableau
+
+__all__ = [
+    "odeint",
+    "solve",
+    "METHODS",
+    "get_method",
+    "register_method",
+    "GRADIENT_MODES",
+    "register_gradient_mode",
+    "ButcherTableau",
+    "AbstractSolver",
+    "AbstractAdaptiveSolver",
+    "AbstractImplicitSolver",
+    "AbstractExplicitRK",
+    "AbstractAdaptiveExplicitRK",
+    "StepResult",
+    "AbstractController",
+    "IController",
+    "PIController",
+    "Solution",
+    "Stats",
+    "Status",
+    "SolverError",
+    "NonFiniteStateError",
+    "StepSizeUnderflowError",
+    "MaxStepsError",
+    "RootFinderError",
+]
+
+__version__ = "0.1.0"

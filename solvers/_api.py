@@ -1,0 +1,234 @@
+"""The two public doors onto the engine: ``solve`` (object API) and ``odeint``
+(torchdiffeq-compatible). Both build a :class:`Problem` and hand it to a gradient mode."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Dict, Optional
+
+import torch
+
+from ._base import AbstractSolver
+from ._controller import AbstractController, IController, PIController
+from ._integrate import LoopConfig, Outcome, integrate, rms_norm
+from ._problem import VectorField, nonfinite_y0, check_t, check_tol, check_y0, split_state, unflatten_outputs
+from ._registry import get_method
+from ._solution import Solution, Stats, Status, exception_for
+
+__all__ = ["solve", "odeint", "Problem", "GRADIENT_MODES", "register_gradient_mode"]
+
+_FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "interp"}
+_ADAPTIVE_OPTIONS = {"first_step", "min_step", "max_step", "norm", "jump_t", "step_t", "safety", "ifactor", "dfactor", "controller", "pcoeff", "icoeff", "dtype"}
+_COMMON_OPTIONS = {"max_num_steps", "check_finite"}
+
+
+@dataclasses.dataclass
+class Problem:
+    """Everything a gradient mode needs to run (and re-run) a solve."""
+
+    func: Callable
+    field: VectorField
+    y0: torch.Tensor  # flat if the state is a tuple
+    t: torch.Tensor  # increasing (negated if the user's t decreases)
+    method: AbstractSolver
+    cfg: LoopConfig
+    stats: Stats
+    shapes: Optional[list]
+    reverse: bool
+    params: Optional[list]
+    rtol: object
+    atol: object
+    options: dict
+
+    def run(self, y0=None, t=None, field=None) -> Outcome:
+        return integrate(field or self.field, self.y0 if y0 is None else y0, self.t if t is None else t, self.method, self.cfg, self.stats)
+
+
+GRADIENT_MODES: Dict[str, Callable[[Problem], Outcome]] = {}
+
+
+def register_gradient_mode(name: str, runner: Callable[[Problem], Outcome]) -> None:
+    GRADIENT_MODES[name] = runner
+
+
+register_gradient_mode("direct", lambda prob: prob.run())
+
+
+def _as_float(name, v, *, positive=False, allow_inf=False):
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        v = float(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"option `{name}` must be a number, got {type(v).__name__}")
+    v = float(v)
+    if math.isnan(v) or (not allow_inf and math.isinf(v)) or v < 0 or (positive and v == 0):
+        raise ValueError(f"option `{name}` must be {'positive' if positive else 'non-negative'}{'' if allow_inf else ' and finite'}, got {v}")
+    return v
+
+
+def _times(name, v, reverse) -> tuple:
+    if v is None:
+        return ()
+    vals = v.detach().reshape(-1).tolist() if isinstance(v, torch.Tensor) else [float(x) for x in v]
+    return tuple(-x for x in vals) if reverse else tuple(vals)
+
+
+def _build_config(method: AbstractSolver, options: dict, rtol, atol, shapes, reverse: bool, y0) -> LoopConfig:
+    cfg = LoopConfig(rtol=rtol, atol=atol)
+    allowed = _COMMON_OPTIONS | (_ADAPTIVE_OPTIONS if method.adaptive else _FIXED_OPTIONS)
+    for key in options:
+        if key not in allowed:
+            if key in _FIXED_OPTIONS | _ADAPTIVE_OPTIONS:
+                kind = "adaptive" if key in _ADAPTIVE_OPTIONS else "fixed-step"
+                raise ValueError(f"option `{key}` applies only to {kind} methods, and {method.name!r} is not one; remove it or change `method`")
+            raise ValueError(
+                f"unknown option `{key}` for method {method.name!r}; valid options: "
+                + ", ".join(sorted(allowed | set(method.option_names)))
+            )
+    o = options
+    if "step_size" in o and o["step_size"] is not None:
+        cfg.step_size = _as_float("step_size", o["step_size"], positive=True)
+    if o.get("grid_constructor") is not None:
+        if cfg.step_size is not None:
+            raise ValueError("pass either `step_size` or `grid_constructor`, not both")
+        gc = o["grid_constructor"]
+        if not callable(gc):
+            raise TypeError("option `grid_constructor` must be callable as grid_constructor(func, y0, t)")
+        cfg.grid_constructor = (lambda f, y, tt: -gc(f, y, -tt).flip(0) if False else -gc(f, y, -tt)) if reverse else gc
+    cfg.perturb = bool(o.get("perturb", False))
+    interp = o.get("interp", "linear")
+    if interp not in ("linear", "cubic"):
+        raise ValueError(f"option `interp` must be 'linear' or 'cubic', got {interp!r}")
+    cfg.interp = interp
+    if o.get("first_step") is not None:
+        cfg.first_step = _as_float("first_step", o["first_step"], positive=True)
+    cfg.min_step = _as_float("min_step", o.get("min_step", 0.0))
+    cfg.max_step = _as_float("max_step", o.get("max_step", math.inf), positive=True, allow_inf=True)
+    if cfg.min_step > cfg.max_step:
+        raise ValueError(f"`min_step` ({cfg.min_step}) must not exceed `max_step` ({cfg.max_step})")
+    mns = o.get("max_num_steps", 2**31 - 1)
+    if isinstance(mns, bool) or not isinstance(mns, int) or mns < 1:
+        raise ValueError(f"option `max_num_steps` must be a positive int, got {mns!r}")
+    cfg.max_num_steps = mns
+    cfg.step_t = _times("step_t", o.get("step_t"), reverse)
+    cfg.jump_t = _times("jump_t", o.get("jump_t"), reverse)
+    cfg.check_finite = bool(o.get("check_finite", True))
+    norm = o.get("norm")
+    if norm is not None and not callable(norm):
+        raise TypeError("option `norm` must be callable as norm(tensor) -> scalar tensor")
+    if shapes is not None:
+        user = norm
+        if user is None:
+            cfg.norm = lambda x: max_of_rms(split_state(x, shapes))
+        else:
+            cfg.norm = lambda x: user(split_state(x, shapes))
+    else:
+        cfg.norm = norm or rms_norm
+    ctrl = o.get("controller")
+    if not method.adaptive:
+        return cfg
+    if isinstance(ctrl, AbstractController):
+        cfg.controller = ctrl
+    elif ctrl in (None, "i", "pi"):
+        kw = {k: _as_float(k, o[k], positive=True) for k in ("safety", "ifactor", "dfactor") if k in o}
+        if ctrl == "pi" or "pcoeff" in o or "icoeff" in o:
+            for k in ("pcoeff", "icoeff"):
+                if k in o:
+                    kw[k] = _as_float(k, o[k])
+            cfg.controller = PIController(**kw)
+        else:
+            cfg.controller = IController(**kw)
+    else:
+        raise ValueError(f"option `controller` must be 'i', 'pi' or an AbstractController, got {ctrl!r}")
+    return cfg
+
+
+def max_of_rms(parts) -> torch.Tensor:
+    return torch.stack([rms_norm(p) for p in parts]).max()
+
+
+def make_problem(func, y0, t, *, method, rtol, atol, options, params=None) -> Problem:
+    y0_flat, shapes = check_y0(y0)
+    t, tl = check_t(t, y0_flat)
+    options = dict(options or {})
+    if not isinstance(method, AbstractSolver):
+        cls = get_method("dopri5" if method is None else method)
+        method_opts = {k: options.pop(k) for k in list(options) if k in cls.option_names}
+        method = cls(**method_opts)
+    rtol = check_tol("rtol", rtol, y0_flat, shapes)
+    atol = check_tol("atol", atol, y0_flat, shapes)
+    reverse = len(tl) > 1 and tl[1] < tl[0]
+    stats = Stats()
+    field = VectorField(func, y0_flat, shapes, stats, reverse=reverse)
+    cfg = _build_config(method, options, rtol, atol, shapes, reverse, y0_flat)
+    tf = -t if reverse else t
+    return Problem(func, field, y0_flat, tf, method, cfg, stats, shapes, reverse, params, rtol, atol, options)
+
+
+def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, options: Optional[dict] = None, gradient: str = "direct", raise_on_failure: bool = True, params=None) -> Solution:
+    """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` and return a :class:`Solution`.
+
+    Parameters
+    ----------
+    func : callable
+        ``func(t, y)`` returning ``dy/dt`` shaped like ``y`` (a tuple for tuple states).
+        ``t`` arrives as a 0-dim tensor in ``t``'s dtype.
+    y0 : Tensor or tuple of Tensor
+        Initial state, any shape; float32/float64/complex64/complex128.
+    t : Tensor
+        1-D strictly increasing or decreasing output times (float64 recommended).
+    method : str or AbstractSolver
+        A name from ``solvers.METHODS`` or a configured method instance.
+    rtol, atol : float or Tensor
+        Tolerances of adaptive methods (per component if tensors).
+    options : dict, optional
+        Loop options (``step_size``, ``first_step``, ``max_num_steps``, ...) and the method's
+        own options (e.g. ``root_finder`` for implicit methods). Unknown keys raise.
+    gradient : {"direct", "adjoint", "checkpoint"}
+        How gradients flow: backprop through the steps, the continuous adjoint, or the
+        exact discrete gradient with recomputation between checkpoints.
+    raise_on_failure : bool
+        If True (default) a numerical failure raises a :class:`SolverError` subclass;
+        otherwise the partial solution is returned with its ``status``.
+    params : sequence of Tensor, optional
+        Parameters of ``func`` for gradient modes that need them (adjoint); defaults to
+        ``func.parameters()`` when ``func`` has it.
+
+    Returns
+    -------
+    Solution
+    """
+    if gradient not in GRADIENT_MODES:
+        raise ValueError(f"unknown gradient mode {gradient!r}; valid: {', '.join(sorted(GRADIENT_MODES))}")
+    if not isinstance(raise_on_failure, bool):
+        raise TypeError("`raise_on_failure` must be a bool")
+    prob = make_problem(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, params=params)
+    outcome = GRADIENT_MODES[gradient](prob)
+    return finish(prob, outcome, t if isinstance(t, torch.Tensor) else prob.t, raise_on_failure)
+
+
+def finish(prob: Problem, outcome: Outcome, t_user, raise_on_failure: bool) -> Solution:
+    ys = outcome.ys if isinstance(outcome.ys, torch.Tensor) else (torch.stack(outcome.ys) if outcome.ys else prob.y0.new_empty((0, *prob.y0.shape)))
+    n = ys.shape[0]
+    if prob.shapes is not None:
+        ys = unflatten_outputs(ys, prob.shapes)
+    t_user = t_user.to(prob.y0.device) if isinstance(t_user, torch.Tensor) else prob.t
+    t_fail = None if outcome.t_fail is None else (-outcome.t_fail if prob.reverse else outcome.t_fail)
+    message = outcome.status.value
+    if outcome.status is Status.NON_FINITE and n <= 1 and not bool(torch.isfinite(prob.y0).all()):
+        raise nonfinite_y0()
+    if not outcome.status.ok:
+        message = f"{outcome.status.value} Failed at t={t_fail:.6g}: {outcome.detail}." if t_fail is not None else f"{outcome.status.value} {outcome.detail}"
+    sol = Solution(ys, t_user[:n], outcome.status, prob.stats, message, t_fail)
+    if not outcome.status.ok and raise_on_failure:
+        raise exception_for(outcome.status)(message, t=t_fail, solution=sol)
+    return sol
+
+
+def odeint(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method: Optional[str] = None, options: Optional[dict] = None):
+    """Integrate ``dy/dt = func(t, y)``: a drop-in replacement for ``torchdiffeq.odeint``.
+
+    Same signature, method names, option names and output (``[len(t), *y0.shape]``, or a
+    tuple of such for tuple states). Numerical failure raises a :class:`SolverError`.
+    """
+    return solve(func, y0, t, method="dopri5" if method is None else method, rtol=rtol, atol=atol, options=options).ys

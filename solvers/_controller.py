@@ -1,0 +1,102 @@
+"""Step-size controllers and the initial step. They work on Python floats: the loop
+synchronises once per step to read the error ratio, and nothing here is differentiated."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+__all__ = ["AbstractController", "IController", "PIController", "initial_step"]
+
+
+class AbstractController:
+    """Proposes the next step size from the last one and its error ratio.
+
+    ``ratio`` is ``norm(error / (atol + rtol * |y|))``: a step is accepted when
+    ``ratio <= 1``. ``propose(h, ratio, accepted)`` returns the next step size (> 0).
+    """
+
+    def reset(self, error_order: int) -> None:
+        raise NotImplementedError
+
+    def accept(self, ratio: float) -> bool:
+        return ratio <= 1.0
+
+    def propose(self, h: float, ratio: float, accepted: bool) -> float:
+        raise NotImplementedError
+
+
+class PIController(AbstractController):
+    """Proportional–integral step-size control (Gustafsson; Hairer & Wanner II, IV.2).
+
+    ``factor = safety * r_n^(-(icoeff + pcoeff)/k) * r_{n-1}^(pcoeff/k)``, ``k`` one more
+    than the embedded order, clipped to ``[dfactor, ifactor]``; after a rejection the step
+    never grows. ``pcoeff=0, icoeff=1`` is the classical I controller.
+    """
+
+    def __init__(self, pcoeff: float = 0.4, icoeff: float = 0.3, safety: float = 0.9, ifactor: float = 10.0, dfactor: float = 0.2):
+        for name, v in (("safety", safety), ("ifactor", ifactor), ("dfactor", dfactor)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"`{name}` must be a positive finite number, got {v!r}")
+        if not (0 < safety <= 1):
+            raise ValueError(f"`safety` must be in (0, 1], got {safety}")
+        if dfactor >= 1 or ifactor <= 1:
+            raise ValueError(f"need dfactor < 1 < ifactor, got dfactor={dfactor}, ifactor={ifactor}")
+        self.pcoeff, self.icoeff = float(pcoeff), float(icoeff)
+        self.safety, self.ifactor, self.dfactor = float(safety), float(ifactor), float(dfactor)
+        self._k = 1.0
+        self._prev = 1.0
+
+    def reset(self, error_order: int) -> None:
+        self._k = float(error_order + 1)
+        self._prev = 1.0
+
+    def propose(self, h: float, ratio: float, accepted: bool) -> float:
+        if not math.isfinite(ratio):
+            return h * self.dfactor
+        if ratio == 0.0:
+            factor = self.ifactor
+        else:
+            factor = self.safety * ratio ** (-(self.icoeff + self.pcoeff) / self._k)
+            if self.pcoeff:
+                factor *= self._prev ** (self.pcoeff / self._k)
+            factor = min(self.ifactor, max(self.dfactor, factor))
+        if accepted:
+            self._prev = max(ratio, 1e-10)
+        else:
+            factor = min(1.0, factor)
+        return h * factor
+
+
+class IController(PIController):
+    """Integral (classical) step-size control: ``factor = safety * ratio^(-1/k)``."""
+
+    def __init__(self, safety: float = 0.9, ifactor: float = 10.0, dfactor: float = 0.2):
+        super().__init__(pcoeff=0.0, icoeff=1.0, safety=safety, ifactor=ifactor, dfactor=dfactor)
+
+
+def initial_step(func: Callable, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol, atol, norm: Callable, make_t: Callable, direction_span: float) -> float:
+    """Hairer's starting step (Hairer, Nørsett & Wanner I, II.4): one extra evaluation."""
+    with torch.no_grad():
+        scale = atol + torch.abs(y0) * rtol
+        d0, d1 = (float(v) for v in torch.stack([norm(y0 / scale).real, norm(f0 / scale).real]).tolist())
+        if not math.isfinite(d0):
+            from ._problem import nonfinite_y0
+
+            raise nonfinite_y0()
+        if not math.isfinite(d1):
+            from ._solution import NonFiniteStateError
+
+            raise NonFiniteStateError(f"the vector field is non-finite at the initial time t={t0:.6g} (finite y0)", t=t0)
+        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+        h0 = min(h0, direction_span)
+        y1 = y0 + h0 * f0
+        f1 = func(make_t(t0 + h0), y1)
+        d2 = float(norm((f1 - f0) / scale)) / h0
+        if max(d1, d2) <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
+    return min(100 * h0, h1, direction_span)

@@ -1,0 +1,112 @@
+"""The explicit Runge–Kutta step shared by every explicit method."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ._base import AbstractAdaptiveSolver, AbstractSolver, StepResult, hermite, lincomb
+from ._tableau import ButcherTableau
+
+__all__ = ["AbstractExplicitRK", "AbstractAdaptiveExplicitRK"]
+
+
+class _RKMixin:
+    """Stage loop over a :class:`ButcherTableau`; subclasses set ``tableau``."""
+
+    tableau: ButcherTableau
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        tab = cls.__dict__.get("tableau")
+        if tab is None:
+            return
+        if not tab.explicit:
+            raise ValueError(f"{cls.__name__}: an explicit method needs a strictly lower-triangular tableau")
+        cls.stage_c = tuple(float(c) for c in tab.c)
+        cls._rows = tab.rows()
+        cls._b = ButcherTableau.nonzero(tab.b)
+        cls._e = ButcherTableau.nonzero(tab.b_error) if tab.b_error is not None else None
+        cls._fsal = tab.fsal
+
+    def step(self, func: Callable, ts: Sequence[torch.Tensor], y0: torch.Tensor, h, f0: torch.Tensor) -> StepResult:
+        ks = [f0]
+        rows = self._rows
+        yi = y0
+        for i in range(1, len(rows)):
+            yi = lincomb(y0, h, rows[i], ks)
+            ks.append(func(ts[i], yi))
+        if self._fsal:
+            y1, f1 = yi, ks[-1]
+        else:
+            y1, f1 = lincomb(y0, h, self._b, ks), None
+        err = lincomb(None, h, self._e, ks) if self._e else None
+        return StepResult(y0, y1, f0, f1, err, ks, h, ts, func=func)
+
+    def interpolate(self, step: StepResult, thetas: torch.Tensor, get_f1: Callable) -> torch.Tensor:
+        tab = self.tableau
+        if tab.b_dense is None:
+            return hermite(step, thetas, get_f1())
+        ks = list(step.ks)
+        if tab.a_extra is not None:
+            ks = _extra_stages(self, step, ks)
+        th = thetas.to(step.y0.real.dtype)
+        powers = torch.arange(1, tab.b_dense.shape[1] + 1, device=th.device, dtype=th.dtype)
+        theta_pow = th[:, None] ** powers  # (m, p)
+        bd = _cached_dense(self, th.device, th.dtype)  # (s_dense, p)
+        w = theta_pow @ bd.T  # (m, s_dense)
+        kmat = torch.stack(ks).reshape(len(ks), -1)  # (s_dense, N)
+        if kmat.is_complex():
+            w = w.to(kmat.dtype)
+        out = step.y0.reshape(1, -1) + (w @ kmat) * step.h
+        return out.reshape(th.shape[0], *step.y0.shape)
+
+
+def _cached_dense(method, device, dtype):
+    key = (device, dtype)
+    cache = method.__dict__.setdefault("_dense_cache", {})
+    if key not in cache:
+        cache[key] = torch.as_tensor(method.tableau.b_dense, dtype=dtype, device=device)
+    return cache[key]
+
+
+def _extra_stages(method, step: StepResult, ks):
+    """Evaluate the dense-output-only stages once per step (cached on the step)."""
+    if step.cache is not None:
+        return step.cache
+    tab = method.tableau
+    s = tab.stages
+    func = step.func
+    t0 = step.ts[0]
+    for r in range(tab.c_extra.shape[0]):
+        terms = ButcherTableau.nonzero(tab.a_extra[r, : s + r])
+        y = lincomb(step.y0, step.h, terms, ks)
+        ks.append(func(t0 + float(tab.c_extra[r]) * step.h, y))
+    step.cache = ks
+    return ks
+
+
+class AbstractExplicitRK(_RKMixin, AbstractSolver):
+    """A fixed-step explicit Runge–Kutta method defined by its ``tableau``."""
+
+
+class AbstractAdaptiveExplicitRK(_RKMixin, AbstractAdaptiveSolver):
+    """An embedded explicit Runge–Kutta pair defined by its ``tableau`` (with ``b_error``)."""
+
+
+def polynomial_dense(basis_polys, scale=1.0) -> np.ndarray:
+    """Turn per-stage polynomials in theta (numpy ``Polynomial``) into ``b_dense`` rows.
+
+    Each polynomial must vanish at theta = 0; row ``i`` holds its coefficients of
+    ``theta^1 ... theta^p``.
+    """
+    p = max(len(poly.coef) for poly in basis_polys) - 1
+    out = np.zeros((len(basis_polys), p))
+    for i, poly in enumerate(basis_polys):
+        coef = np.asarray(poly.coef, dtype=np.float64) * scale
+        if abs(coef[0]) > 1e-14:
+            raise ValueError("dense-output polynomials must vanish at theta = 0")
+        out[i, : len(coef) - 1] = coef[1:]
+    return out

@@ -1,0 +1,323 @@
+"""The integration loops: the only places that step, control the step size and produce
+outputs. ``integrate`` dispatches to the fixed-grid or the adaptive loop by method type.
+
+Time runs forward here (the API negates decreasing time before it arrives). Control is
+done in Python floats; the stage times handed to the vector field are 0-dim tensors in
+``t``'s dtype. When ``t`` requires grad, the stage times and the step size also carry the
+exact derivative of the discretisation with respect to ``t`` (decisions of the controller
+are treated as constants).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, List, Optional
+
+import torch
+
+from ._base import AbstractSolver, StepResult
+from ._controller import AbstractController, initial_step
+from ._solution import Stats, Status
+
+__all__ = ["LoopConfig", "Outcome", "integrate"]
+
+
+@dataclasses.dataclass
+class LoopConfig:
+    rtol: object = 1e-7
+    atol: object = 1e-9
+    norm: Optional[Callable] = None
+    controller: Optional[AbstractController] = None
+    step_size: Optional[float] = None
+    grid_constructor: Optional[Callable] = None
+    perturb: bool = False
+    interp: str = "linear"
+    first_step: Optional[float] = None
+    min_step: float = 0.0
+    max_step: float = math.inf
+    max_num_steps: int = 2**31 - 1
+    step_t: tuple = ()
+    jump_t: tuple = ()
+    check_finite: bool = True
+
+
+@dataclasses.dataclass
+class Outcome:
+    ys: List[torch.Tensor]
+    status: Status = Status.SUCCESS
+    t_fail: Optional[float] = None
+    detail: str = ""
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+
+
+def integrate(field, y0: torch.Tensor, t: torch.Tensor, method: AbstractSolver, cfg: LoopConfig, stats: Stats) -> Outcome:
+    """Solve ``dy/dt = field(t, y)`` from ``y0`` at ``t[0]`` and return the states at ``t``."""
+    if t.shape[0] == 1:
+        return Outcome([y0])
+    if method.adaptive:
+        out = _adaptive(field, y0, t, method, cfg, stats)
+    else:
+        out = _fixed(field, y0, t, method, cfg, stats)
+    if cfg.check_finite and out.status.ok:
+        _check_finite(out, t)
+    return out
+
+
+def _check_finite(out: Outcome, t: torch.Tensor) -> None:
+    """One synchronisation after the loop: find the first non-finite output, if any."""
+    ys = torch.stack(out.ys)
+    out.ys = ys
+    with torch.no_grad():
+        if bool(torch.isfinite(ys).all()):
+            return
+        k = int(torch.nonzero(~torch.isfinite(ys).reshape(ys.shape[0], -1).all(dim=1))[0, 0])
+    tl = t.detach().tolist()
+    out.status = Status.NON_FINITE
+    out.t_fail = tl[k]
+    out.detail = f"the state is non-finite at output time t={tl[k]:.6g}" + (f" (last finite output at t={tl[k - 1]:.6g})" if k else "")
+    out.ys = out.ys[:k]
+
+
+# ----------------------------------------------------------------------------- fixed grid
+
+
+def _host_grid(tl: list, cfg: LoopConfig) -> list:
+    """The step grid as Python floats: ``t`` itself, or steps of ``step_size`` ending on t[-1]."""
+    if cfg.step_size is None:
+        return list(tl)
+    start, end = tl[0], tl[-1]
+    n = max(1, math.ceil((end - start) / cfg.step_size - 1e-9))
+    return [min(start + i * cfg.step_size, end) for i in range(n)] + [end]
+
+
+def _custom_grid(field, y0, t, cfg: LoopConfig) -> torch.Tensor:
+    grid = cfg.grid_constructor(field, y0, t)
+    if not isinstance(grid, torch.Tensor) or grid.ndim != 1 or grid.shape[0] < 2:
+        raise ValueError("`grid_constructor` must return a 1-D tensor of at least two times")
+    gl = grid.detach().tolist()
+    tl = t.detach().tolist()
+    if gl[0] != tl[0] or gl[-1] != tl[-1]:
+        raise ValueError(f"`grid_constructor` must return a grid from t[0]={tl[0]} to t[-1]={tl[-1]}, got {gl[0]} .. {gl[-1]}")
+    if any(b <= a for a, b in zip(gl, gl[1:])):
+        raise ValueError("`grid_constructor` must return a strictly increasing grid")
+    return grid.to(device=t.device, dtype=torch.float64)
+
+
+def _fixed(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) -> Outcome:
+    tl = t.detach().tolist()
+    cs = method.stage_c
+    s = len(cs)
+    grid = _custom_grid(field, y0, t, cfg) if cfg.grid_constructor is not None else None
+    track = t.requires_grad or (grid is not None and grid.requires_grad)
+    gl = grid.detach().tolist() if grid is not None else _host_grid(tl, cfg)
+    n = len(gl) - 1
+    if n > cfg.max_num_steps:
+        return Outcome([y0], Status.MAX_STEPS, tl[0], f"the grid has {n} steps but max_num_steps={cfg.max_num_steps}")
+    # Stage times for every step, built on the host and sent in one tensor (no per-step work).
+    flat = []
+    for a, b in zip(gl, gl[1:]):
+        for cj in cs:
+            if cfg.perturb and cj == 0.0:
+                flat.append(math.nextafter(a, b))
+            elif cfg.perturb and cj == 1.0:
+                flat.append(math.nextafter(b, a))
+            else:
+                flat.append(a + cj * (b - a))
+    times = torch.tensor(flat + gl, dtype=torch.float64, device=y0.device)
+    if track:
+        g = grid if grid is not None else _tracked_grid(t, gl)
+        hs_t = g[1:] - g[:-1]
+        c_t = torch.tensor(cs, dtype=torch.float64, device=y0.device)
+        moving = torch.cat([(g[:-1, None] + hs_t[:, None] * c_t).reshape(-1), g])
+        times = times + (moving - moving.detach())
+        hs = hs_t.unbind(0)
+    else:
+        hs = [b - a for a, b in zip(gl, gl[1:])]
+    times = times.to(t.dtype).unbind(0)
+    ends = times[n * s :]
+    cubic = cfg.interp == "cubic"
+    outs = [y0]
+    j, y, f0 = 1, y0, None
+    for i in range(n):
+        ts = times[i * s : (i + 1) * s]
+        if f0 is None:
+            f0 = field(ts[0], y)
+        res = method.step(field, ts, y, hs[i], f0)
+        if not res.ok:
+            stats.n_steps += i + 1
+            stats.n_accepted += i
+            return Outcome(outs, Status.ROOT_FINDER, gl[i], _root_detail(res, i, gl[i]))
+        f1 = res.f1
+        t1 = gl[i + 1]
+        while j < len(tl) and tl[j] <= t1:
+            if tl[j] == t1:
+                outs.append(res.y1)
+            else:
+                theta = (t[j] - ends[i]) / hs[i] if track else (tl[j] - gl[i]) / hs[i]
+                if cubic:
+                    if f1 is None:
+                        f1 = field(ends[i + 1], res.y1)
+                    outs.append(method_hermite(res, theta, f1))
+                elif track or y.is_complex():
+                    outs.append(y + theta * (res.y1 - y))
+                else:
+                    outs.append(torch.lerp(y, res.y1, theta))
+            j += 1
+        y = res.y1
+        f0 = None if cfg.perturb else f1
+    stats.n_steps += n
+    stats.n_accepted += n
+    return Outcome(outs)
+
+
+def _tracked_grid(t: torch.Tensor, gl: list) -> torch.Tensor:
+    """The grid as a function of ``t`` (for gradients with respect to time)."""
+    t64 = t.to(torch.float64)
+    if len(gl) == t.shape[0]:
+        return t64
+    start, end = t64[0], t64[-1]
+    frac = torch.tensor([(g - gl[0]) / (gl[-1] - gl[0]) for g in gl], dtype=torch.float64, device=t.device)
+    return start + (end - start) * frac
+
+
+def method_hermite(res: StepResult, theta, f1):
+    from ._base import hermite
+
+    th = theta.reshape(1) if isinstance(theta, torch.Tensor) else torch.tensor([theta], dtype=torch.float64, device=res.y0.device)
+    return hermite(res, th, f1)[0]
+
+
+def _root_detail(res: StepResult, i: int, t0: float) -> str:
+    info = res.info or {}
+    extra = ", ".join(f"{k}={v}" for k, v in info.items())
+    return f"the implicit solve of step {i} (t={t0:.6g}) did not converge" + (f" ({extra})" if extra else "")
+
+
+# ----------------------------------------------------------------------------- adaptive
+
+
+def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) -> Outcome:
+    tl = t.detach().to(torch.float64).tolist()
+    t0, tend = tl[0], tl[-1]
+    dev, tdt = y0.device, t.dtype
+    track = t.requires_grad
+    norm = cfg.norm or rms_norm
+    rtol, atol = cfg.rtol, cfg.atol
+    cs = method.stage_c
+    c_t = torch.tensor(cs, dtype=torch.float64, device=dev) if track else None
+
+    def make_t(x: float) -> torch.Tensor:
+        return torch.tensor(x, dtype=tdt, device=dev)
+
+    T_n = t[0].to(torch.float64) if track else None
+    T_end = t[-1].to(torch.float64) if track else None
+    f0 = field(t[0] if track else make_t(t0), y0)
+    if cfg.first_step is not None:
+        h = float(cfg.first_step)
+    else:
+        n0 = stats.n_f_evals
+        h = initial_step(field, t0, y0, f0, min(method.order, method.error_order), rtol, atol, norm, make_t, tend - t0)
+        stats.n_initial_step_evals += stats.n_f_evals - n0
+    h = max(min(h, cfg.max_step), cfg.min_step)
+    ctrl = cfg.controller
+    ctrl.reset(min(method.order, method.error_order))
+    stops = sorted({float(v) for v in (*cfg.step_t, *cfg.jump_t) if t0 < float(v) < tend}) + [tend]
+    jumps = {float(v) for v in cfg.jump_t}
+    si = 0
+    tn, y = t0, y0
+    outs = [y0]
+    j = 1
+    after_jump = False
+    last_nonfinite = False
+    abs_y = None
+    while tn < tend:
+        if stats.n_steps >= cfg.max_num_steps:
+            return Outcome(outs, Status.MAX_STEPS, tn, f"{stats.n_steps} steps taken, stopped at t={tn:.6g}")
+        stop = stops[si]
+        h = min(h, cfg.max_step)
+        land = tn + h >= stop
+        t1 = stop if land else tn + h
+        hstep = t1 - tn
+        if hstep <= 0.0 or t1 == tn:
+            st = Status.NON_FINITE if last_nonfinite else Status.STEP_SIZE_UNDERFLOW
+            return Outcome(outs, st, tn, f"the step size fell to {h:.3g} at t={tn:.6g}")
+        # stage times (host floats -> one small tensor); nudged off a jump on either side
+        times = [tn + cj * hstep for cj in cs]
+        if land and stop in jumps:
+            times = [math.nextafter(t1, tn) if cj == 1.0 else x for cj, x in zip(cs, times)]
+        if after_jump:
+            times = [math.nextafter(tn, t1) if cj == 0.0 else x for cj, x in zip(cs, times)]
+        ts_t = torch.tensor(times, dtype=torch.float64, device=dev)
+        if track:
+            T1 = T_end if (land and stop == tend) else T_n + hstep
+            hh = T1 - T_n
+            ts_t = ts_t + ((T_n - T_n.detach()) + (hh - hh.detach()) * c_t)
+        else:
+            hh = hstep
+        ts = ts_t.to(tdt).unbind(0)
+        if f0 is None:
+            f0 = field(ts[0], y)
+        res = method.step(field, ts, y, hh, f0)
+        stats.n_steps += 1
+        if not res.ok:
+            ratio = math.inf
+            last_nonfinite = False
+        else:
+            with torch.no_grad():
+                if abs_y is None:
+                    abs_y = torch.abs(y)
+                abs_y1 = torch.abs(res.y1)
+                scale = torch.maximum(abs_y, abs_y1).mul_(rtol).add_(atol) if not isinstance(rtol, torch.Tensor) else atol + rtol * torch.maximum(abs_y, abs_y1)
+                ratio = float(method.error_ratio(res, scale, norm))  # the one sync per step
+            last_nonfinite = not math.isfinite(ratio)
+        accepted = math.isfinite(ratio) and ctrl.accept(ratio)
+        if accepted:
+            stats.n_accepted += 1
+            cache = {}
+
+            def get_f1(res=res, ts=ts, cache=cache):
+                if res.f1 is not None:
+                    return res.f1
+                if "f1" not in cache:
+                    t_end = ts[-1] if cs[-1] == 1.0 else (make_t(res_t1) if not track else (T1).to(tdt))
+                    cache["f1"] = field(t_end, res.y1)
+                return cache["f1"]
+
+            res_t1 = t1
+            k0 = j
+            while j < len(tl) and tl[j] < t1:
+                j += 1
+            if j > k0:
+                if track:
+                    thetas = (t[k0:j].to(torch.float64) - T_n) / hh
+                else:
+                    thetas = torch.tensor([(x - tn) / hstep for x in tl[k0:j]], dtype=torch.float64, device=dev)
+                outs.extend(method.interpolate(res, thetas, get_f1).unbind(0))
+            if j < len(tl) and tl[j] == t1:
+                outs.append(res.y1)
+                j += 1
+            tn, y, abs_y = t1, res.y1, abs_y1
+            if track:
+                T_n = T1
+            jumped = land and stop in jumps
+            f0 = None if jumped else (res.f1 if res.f1 is not None else cache.get("f1"))
+            after_jump = jumped
+            if land:
+                si += 1
+        else:
+            stats.n_rejected += 1
+        h_new = ctrl.propose(hstep, ratio, accepted)
+        if h_new < cfg.min_step:
+            if not accepted and hstep <= cfg.min_step:
+                st = Status.NON_FINITE if last_nonfinite else Status.STEP_SIZE_UNDERFLOW
+                return Outcome(outs, st, tn, f"a step of min_step={cfg.min_step:.3g} was rejected at t={tn:.6g}")
+            h_new = cfg.min_step
+        if not accepted and tn + h_new == tn:
+            st = Status.NON_FINITE if last_nonfinite else Status.STEP_SIZE_UNDERFLOW
+            return Outcome(outs, st, tn, f"the step size fell to {h_new:.3g} at t={tn:.6g}")
+        h = h_new
+    return Outcome(outs)

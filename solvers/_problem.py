@@ -1,0 +1,175 @@
+"""Input validation and the wrapped vector field (tuple states, reversed time, counting)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+
+from ._solution import Stats
+
+__all__ = ["VectorField", "check_y0", "check_t", "check_tol", "flatten_state", "unflatten_outputs"]
+
+_STATE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
+def check_y0(y0) -> Tuple[torch.Tensor, Optional[list]]:
+    """Validate ``y0``; return it (flattened and concatenated if a tuple) and the shapes."""
+    if isinstance(y0, torch.Tensor):
+        _check_state_tensor("y0", y0)
+        return y0, None
+    if isinstance(y0, (tuple, list)) and len(y0) > 0 and all(isinstance(v, torch.Tensor) for v in y0):
+        for i, v in enumerate(y0):
+            _check_state_tensor(f"y0[{i}]", v)
+        dtypes = {v.dtype for v in y0}
+        devices = {v.device for v in y0}
+        if len(dtypes) > 1:
+            raise TypeError(f"all tensors of a tuple state must share one dtype, got {sorted(map(str, dtypes))}; cast them with .to(dtype)")
+        if len(devices) > 1:
+            raise ValueError(f"all tensors of a tuple state must be on one device, got {sorted(map(str, devices))}")
+        shapes = [v.shape for v in y0]
+        return torch.cat([v.reshape(-1) for v in y0]), shapes
+    raise TypeError(f"`y0` must be a torch.Tensor or a non-empty tuple of tensors, got {type(y0).__name__}")
+
+
+def _check_state_tensor(name: str, v: torch.Tensor) -> None:
+    # Finiteness of y0 is checked without an extra synchronisation: by the loop's final
+    # check (fixed steps) or the initial-step norms (adaptive); see ``nonfinite_y0``.
+    if v.dtype not in _STATE_DTYPES:
+        raise TypeError(f"`{name}` must be a floating-point or complex tensor, got {v.dtype}; convert it with .float() or .double()")
+
+
+def nonfinite_y0() -> ValueError:
+    return ValueError("`y0` contains NaN or inf; the initial state must be finite")
+
+
+def check_t(t, y0: torch.Tensor) -> Tuple[torch.Tensor, list]:
+    """Validate ``t``: a 1-D, finite, strictly monotonic floating tensor; moved to y0's device.
+
+    Returns the tensor and its values as Python floats."""
+    if not isinstance(t, torch.Tensor):
+        if isinstance(t, (list, tuple)) and all(isinstance(v, numbers.Real) for v in t):
+            t = torch.tensor(t, dtype=torch.float64)
+        else:
+            raise TypeError(f"`t` must be a 1-D torch.Tensor of times, got {type(t).__name__}")
+    if t.ndim != 1:
+        raise ValueError(f"`t` must be 1-D (one row of output times), got shape {tuple(t.shape)}")
+    if t.shape[0] < 1:
+        raise ValueError("`t` must contain at least one time")
+    if not t.dtype.is_floating_point:
+        raise TypeError(f"`t` must be a floating-point tensor (float64 recommended), got {t.dtype}")
+    if t.device != y0.device:
+        t = t.to(y0.device)
+    tl = t.detach().tolist()
+    if not all(math.isfinite(v) for v in tl):
+        raise ValueError("`t` contains NaN or inf")
+    if len(tl) > 1:
+        inc = all(b > a for a, b in zip(tl, tl[1:]))
+        dec = all(b < a for a, b in zip(tl, tl[1:]))
+        if not (inc or dec):
+            raise ValueError("`t` must be strictly increasing or strictly decreasing (no repeats); sort it and remove duplicates")
+    return t, tl
+
+
+def check_tol(name: str, tol, y0: torch.Tensor, shapes) -> object:
+    """A non-negative float, or a tensor broadcastable to the state (per-component)."""
+    if isinstance(tol, (tuple, list)) and shapes is not None:
+        if len(tol) != len(shapes):
+            raise ValueError(f"`{name}` as a tuple needs one entry per state component ({len(shapes)}), got {len(tol)}")
+        parts = []
+        for v, s in zip(tol, shapes):
+            v = check_tol(name, v, y0, None)
+            parts.append(torch.as_tensor(v, dtype=y0.real.dtype, device=y0.device).expand(s).reshape(-1))
+        return torch.cat(parts)
+    if isinstance(tol, torch.Tensor):
+        if tol.requires_grad:
+            raise ValueError(f"`{name}` must not require grad; pass tol.detach()")
+        if tol.ndim == 0:
+            return check_tol(name, float(tol), y0, shapes)
+        try:
+            torch.broadcast_shapes(tol.shape, y0.shape)
+        except RuntimeError:
+            raise ValueError(f"`{name}` of shape {tuple(tol.shape)} does not broadcast to the state shape {tuple(y0.shape)}") from None
+        if torch.broadcast_shapes(tol.shape, y0.shape) != y0.shape:
+            raise ValueError(f"`{name}` of shape {tuple(tol.shape)} would enlarge the state shape {tuple(y0.shape)}")
+        if not bool((tol >= 0).all()) or not bool(torch.isfinite(tol).all()):
+            raise ValueError(f"`{name}` must be finite and non-negative")
+        return tol.to(device=y0.device, dtype=y0.real.dtype)
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"`{name}` must be a float or a tensor, got {type(tol).__name__}")
+    tol = float(tol)
+    if not (tol >= 0 and math.isfinite(tol)):
+        raise ValueError(f"`{name}` must be finite and non-negative, got {tol}")
+    return tol
+
+
+def flatten_state(ys: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([v.reshape(-1) for v in ys])
+
+
+def split_state(y: torch.Tensor, shapes) -> tuple:
+    out, i = [], 0
+    for s in shapes:
+        n = math.prod(s)
+        out.append(y[..., i : i + n].reshape(*y.shape[:-1], *s))
+        i += n
+    return tuple(out)
+
+
+def unflatten_outputs(ys: torch.Tensor, shapes) -> tuple:
+    """``[T, N]`` -> tuple of ``[T, *shape_i]``."""
+    return split_state(ys, shapes)
+
+
+class VectorField:
+    """The user's ``func`` as the loop sees it: counted, validated on first call, with
+    tuple states flattened and decreasing time turned into increasing time.
+
+    ``stats`` is shared with the solve; implicit methods record root-finder work on it.
+    """
+
+    def __init__(self, func: Callable, y0: torch.Tensor, shapes, stats: Stats, reverse: bool = False):
+        if not callable(func):
+            raise TypeError(f"`func` must be callable as func(t, y), got {type(func).__name__}")
+        self.func = func
+        self.shapes = shapes
+        self.stats = stats
+        self.reverse = reverse
+        self.dtype = y0.dtype
+        self._unchecked = True
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.stats.n_f_evals += 1
+        if self.reverse:
+            t = -t
+        if self.shapes is not None:
+            out = self.func(t, split_state(y, self.shapes))
+            if self._unchecked:
+                self._check_tuple(out, y)
+            out = torch.cat([v.reshape(-1) for v in out])
+        else:
+            out = self.func(t, y)
+        if self._unchecked:
+            self._check(out, y)
+        return -out if self.reverse else out
+
+    def _check(self, out, y) -> None:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"the vector field must return a tensor shaped like the state, got {type(out).__name__}")
+        if out.shape != y.shape:
+            raise ValueError(f"the vector field returned shape {tuple(out.shape)} for a state of shape {tuple(y.shape)}; it must return dy/dt with the state's shape")
+        if out.dtype != y.dtype:
+            raise TypeError(f"the vector field returned dtype {out.dtype} for a state of dtype {y.dtype}; return the state's dtype (e.g. out.to(y.dtype))")
+        self._unchecked = False
+
+    def _check_tuple(self, out, y) -> None:
+        if not isinstance(out, (tuple, list)) or len(out) != len(self.shapes):
+            raise TypeError(f"the vector field must return a tuple of {len(self.shapes)} tensors for a tuple state, got {type(out).__name__}")
+        for i, (o, s) in enumerate(zip(out, self.shapes)):
+            if not isinstance(o, torch.Tensor) or o.shape != s:
+                got = tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__
+                raise ValueError(f"the vector field returned {got} for state component {i} of shape {tuple(s)}")
+            if o.dtype != y.dtype:
+                raise TypeError(f"the vector field returned dtype {o.dtype} for state component {i} of dtype {y.dtype}")

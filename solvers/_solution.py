@@ -1,0 +1,148 @@
+"""Results of a solve: status codes, statistics, the solution object and exceptions."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any, Optional
+
+import torch
+
+__all__ = [
+    "Status",
+    "Stats",
+    "Solution",
+    "SolverError",
+    "NonFiniteStateError",
+    "StepSizeUnderflowError",
+    "MaxStepsError",
+    "RootFinderError",
+]
+
+
+class Status(enum.Enum):
+    """How a solve ended. Each value is the message a user reads."""
+
+    SUCCESS = "The solve finished successfully."
+    NON_FINITE = (
+        "The state or the vector field became non-finite (NaN or inf). The problem may blow up, "
+        "or the step is unstable: try a smaller `step_size`, tighter tolerances or an implicit method."
+    )
+    STEP_SIZE_UNDERFLOW = (
+        "The step size fell below `min_step` (or below floating-point resolution of t). "
+        "The problem may be stiff (try an implicit method such as 'kvaerno5') or singular near this time."
+    )
+    MAX_STEPS = "The maximum number of solver steps was reached. Try increasing `max_num_steps`."
+    ROOT_FINDER = (
+        "The nonlinear solve of an implicit step did not converge. Try root_finder='newton', a smaller "
+        "`step_size`, or more `max_iters`."
+    )
+
+    @property
+    def ok(self) -> bool:
+        return self is Status.SUCCESS
+
+
+@dataclasses.dataclass
+class Stats:
+    """Work counters of one solve. Backward-pass fields fill in when backward runs."""
+
+    n_f_evals: int = 0
+    n_steps: int = 0
+    n_accepted: int = 0
+    n_rejected: int = 0
+    n_initial_step_evals: int = 0
+    # implicit methods
+    n_root_iters: int = 0
+    max_root_iters: int = 0
+    n_root_solves: int = 0
+    n_root_failures: int = 0
+    n_jac_evals: int = 0
+    n_linear_solves: int = 0
+    # backward pass
+    n_f_evals_backward: int = 0
+    n_vjp_evals: int = 0
+    n_steps_backward: int = 0
+    n_rejected_backward: int = 0
+    n_backward_root_iters: int = 0
+    n_checkpoints: int = 0
+
+    @property
+    def mean_root_iters(self) -> float:
+        return self.n_root_iters / self.n_root_solves if self.n_root_solves else 0.0
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["mean_root_iters"] = self.mean_root_iters
+        return d
+
+
+@dataclasses.dataclass
+class Solution:
+    """What a solve returns in the object API.
+
+    Attributes
+    ----------
+    ys : Tensor or tuple of Tensor
+        The state at each reached output time, ``[len(ts), *y0.shape]``.
+    ts : Tensor
+        The output times reached (all of ``t`` on success; a prefix on failure).
+    status : Status
+        ``Status.SUCCESS`` or the failure; ``status.value`` is the message.
+    stats : Stats
+        Function evaluations, steps, root-finder work; backward fields after backward.
+    message : str
+        A human-readable account including, on failure, the time where it happened.
+    t_fail : float or None
+        The time at which the solve failed.
+    """
+
+    ys: Any
+    ts: torch.Tensor
+    status: Status
+    stats: Stats
+    message: str = ""
+    t_fail: Optional[float] = None
+
+    @property
+    def success(self) -> bool:
+        return self.status.ok
+
+
+class SolverError(RuntimeError):
+    """A numerical failure during a solve. ``.status``, ``.t`` and ``.solution`` say more."""
+
+    status = None
+
+    def __init__(self, message: str, *, t: Optional[float] = None, solution: Optional[Solution] = None):
+        super().__init__(message)
+        self.t = t
+        self.solution = solution
+
+
+class NonFiniteStateError(SolverError):
+    status = Status.NON_FINITE
+
+
+class StepSizeUnderflowError(SolverError):
+    status = Status.STEP_SIZE_UNDERFLOW
+
+
+class MaxStepsError(SolverError):
+    status = Status.MAX_STEPS
+
+
+class RootFinderError(SolverError):
+    status = Status.ROOT_FINDER
+
+
+_EXCEPTIONS = {
+    Status.NON_FINITE: NonFiniteStateError,
+    Status.STEP_SIZE_UNDERFLOW: StepSizeUnderflowError,
+    Status.MAX_STEPS: MaxStepsError,
+    Status.ROOT_FINDER: RootFinderError,
+}
+
+
+def exception_for(status: Status) -> type:
+    return _EXCEPTIONS[status]
