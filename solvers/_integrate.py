@@ -40,6 +40,9 @@ class LoopConfig:
     step_t: tuple = ()
     jump_t: tuple = ()
     check_finite: bool = True
+    #: When a list, the loop appends the end time of every accepted step (as a float, after
+    #: the start time ``t[0]``), so a gradient mode can replay the exact discretisation.
+    record: Optional[list] = None
 
 
 @dataclasses.dataclass
@@ -141,6 +144,8 @@ def _fixed(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) 
     ends = times[n * s :]
     cubic = cfg.interp == "cubic"
     outs = [y0]
+    if cfg.record is not None:
+        cfg.record.extend(gl)
     j, y, f0 = 1, y0, None
     for i in range(n):
         ts = times[i * s : (i + 1) * s]
@@ -230,6 +235,8 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
     si = 0
     tn, y = t0, y0
     outs = [y0]
+    if cfg.record is not None:
+        cfg.record.append(t0)
     j = 1
     after_jump = False
     last_nonfinite = False
@@ -277,6 +284,8 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
         accepted = math.isfinite(ratio) and ctrl.accept(ratio)
         if accepted:
             stats.n_accepted += 1
+            if cfg.record is not None:
+                cfg.record.append(t1)
             cache = {}
 
             def get_f1(res=res, ts=ts, cache=cache):
