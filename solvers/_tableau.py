@@ -93,9 +93,9 @@ class ButcherTableau:
         bad = np.nonzero(np.abs(rows - c) > _TOL * max(1.0, np.abs(c).max()) * 10)[0]
         if bad.size:
             i = int(bad[0])
-            raise ValueError(f"ButcherTableau: row {i} of a sums to {rows[i]!r} but c[{i}] = {c[i]!r}; row sums of a must equal c")
+            raise ValueError(f"ButcherTableau: row {i} of a sums to {float(rows[i]):.17g} but c[{i}] = {float(c[i]):.17g}; row sums of a must equal c")
         if abs(b.sum() - 1.0) > 1e-12:
-            raise ValueError(f"ButcherTableau: sum(b) = {b.sum()!r}, must be 1")
+            raise ValueError(f"ButcherTableau: sum(b) = {float(b.sum()):.17g}, must be 1")
         object.__setattr__(self, "c", c)
         object.__setattr__(self, "a", a)
         object.__setattr__(self, "b", b)
@@ -104,7 +104,7 @@ class ButcherTableau:
             if e.shape != (s,):
                 raise ValueError(f"ButcherTableau.b_error must have {s} entries, got {e.shape[0]}")
             if abs(e.sum()) > 1e-12:
-                raise ValueError(f"ButcherTableau: sum(b_error) = {e.sum()!r}, must be 0")
+                raise ValueError(f"ButcherTableau: sum(b_error) = {float(e.sum()):.17g}, must be 0")
             object.__setattr__(self, "b_error", e)
         n_extra = 0
         if self.a_extra is not None or self.c_extra is not None:
