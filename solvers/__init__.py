@@ -5,6 +5,8 @@ Two doors onto one engine: :func:`odeint` (torchdiffeq-compatible) and :func:`so
 """
 
 from ._api import GRADIENT_MODES, odeint, register_gradient_mode, solve
+from ._adjoint import odeint_adjoint
+from . import _checkpoint  # noqa: F401  (registers gradient="checkpoint")
 from ._base import AbstractAdaptiveSolver, AbstractImplicitSolver, AbstractSolver, StepResult
 from ._controller import AbstractController, IController, PIController
 from ._explicit import AbstractAdaptiveExplicitRK, AbstractExplicitRK
@@ -20,9 +22,13 @@ from ._solution import (
     StepSizeUnderflowError,
 )
 from ._tableau import ButcherTableau
+from ._root import AbstractRootFinder, Anderson, FixedPoint, Newton, NewtonKrylov
+from ._implicit import AbstractESDIRK, ImplicitEuler, ImplicitMidpoint, Trapezoid
+from ._sdirk import AbstractAdaptiveESDIRK, Kvaerno3, Kvaerno5
 
 __all__ = [
     "odeint",
+    "odeint_adjoint",
     "solve",
     "METHODS",
     "get_method",
@@ -47,6 +53,18 @@ __all__ = [
     "StepSizeUnderflowError",
     "MaxStepsError",
     "RootFinderError",
+    "AbstractRootFinder",
+    "FixedPoint",
+    "Anderson",
+    "Newton",
+    "NewtonKrylov",
+    "AbstractESDIRK",
+    "AbstractAdaptiveESDIRK",
+    "ImplicitEuler",
+    "ImplicitMidpoint",
+    "Trapezoid",
+    "Kvaerno3",
+    "Kvaerno5",
 ]
 
 __version__ = "0.1.0"

@@ -40,6 +40,8 @@ class Problem:
     rtol: object
     atol: object
     options: dict
+    #: Keyword options of the gradient mode (``solve(..., gradient_options=...)``).
+    gradient_options: dict = dataclasses.field(default_factory=dict)
 
     def run(self, y0=None, t=None, field=None) -> Outcome:
         return integrate(field or self.field, self.y0 if y0 is None else y0, self.t if t is None else t, self.method, self.cfg, self.stats)
@@ -160,12 +162,14 @@ def make_problem(func, y0, t, *, method, rtol, atol, options, params=None) -> Pr
     reverse = len(tl) > 1 and tl[1] < tl[0]
     stats = Stats()
     field = VectorField(func, y0_flat, shapes, stats, reverse=reverse)
+    field.tols = (rtol, atol)  # implicit methods scale their root-finder tolerances by these
+    field.params = None if params is None else list(params)
     cfg = _build_config(method, options, rtol, atol, shapes, reverse, y0_flat)
     tf = -t if reverse else t
     return Problem(func, field, y0_flat, tf, method, cfg, stats, shapes, reverse, params, rtol, atol, options)
 
 
-def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, options: Optional[dict] = None, gradient: str = "direct", raise_on_failure: bool = True, params=None) -> Solution:
+def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, options: Optional[dict] = None, gradient: str = "direct", raise_on_failure: bool = True, params=None, gradient_options: Optional[dict] = None) -> Solution:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` and return a :class:`Solution`.
 
     Parameters
@@ -193,6 +197,10 @@ def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, optio
     params : sequence of Tensor, optional
         Parameters of ``func`` for gradient modes that need them (adjoint); defaults to
         ``func.parameters()`` when ``func`` has it.
+    gradient_options : dict, optional
+        Options of the gradient mode: for ``"adjoint"`` the backward solve's ``rtol``,
+        ``atol``, ``method`` and ``options`` (e.g. ``{"norm": "seminorm"}``); for
+        ``"checkpoint"`` the number of ``checkpoints``. See ``docs/gradients.md``.
 
     Returns
     -------
@@ -202,7 +210,12 @@ def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, optio
         raise ValueError(f"unknown gradient mode {gradient!r}; valid: {', '.join(sorted(GRADIENT_MODES))}")
     if not isinstance(raise_on_failure, bool):
         raise TypeError("`raise_on_failure` must be a bool")
+    if gradient_options is not None and not isinstance(gradient_options, dict):
+        raise TypeError(f"`gradient_options` must be a dict, got {type(gradient_options).__name__}")
+    if gradient_options and gradient == "direct":
+        raise ValueError(f"gradient='direct' takes no `gradient_options` (got {sorted(gradient_options)}); remove them or pick another `gradient`")
     prob = make_problem(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, params=params)
+    prob.gradient_options = dict(gradient_options or {})
     outcome = GRADIENT_MODES[gradient](prob)
     return finish(prob, outcome, t if isinstance(t, torch.Tensor) else prob.t, raise_on_failure)
 

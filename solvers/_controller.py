@@ -48,10 +48,12 @@ class PIController(AbstractController):
         self.safety, self.ifactor, self.dfactor = float(safety), float(ifactor), float(dfactor)
         self._k = 1.0
         self._prev = 1.0
+        self._rejected = False
 
     def reset(self, error_order: int) -> None:
         self._k = float(error_order + 1)
         self._prev = 1.0
+        self._rejected = False
 
     def propose(self, h: float, ratio: float, accepted: bool) -> float:
         if not math.isfinite(ratio):
@@ -65,8 +67,11 @@ class PIController(AbstractController):
             factor = min(self.ifactor, max(self.dfactor, factor))
         if accepted:
             self._prev = max(ratio, 1e-10)
+            if self._rejected:  # the first step accepted after a rejection does not grow
+                factor = min(1.0, factor)
         else:
             factor = min(1.0, factor)
+        self._rejected = not accepted
         return h * factor
 
 

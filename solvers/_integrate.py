@@ -110,10 +110,26 @@ def _custom_grid(field, y0, t, cfg: LoopConfig) -> torch.Tensor:
     return grid.to(device=t.device, dtype=torch.float64)
 
 
+#: Host-side grid work of untracked fixed-step solves, reused by repeated solves on the same
+#: ``t`` (a ResNet forward): key -> (gl, hs, per-step stage-time tuples, step-start times).
+_GRID_CACHE: dict = {}
+_GRID_CACHE_SIZE = 64
+
+
 def _fixed(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) -> Outcome:
     tl = t.detach().tolist()
     cs = method.stage_c
     s = len(cs)
+    key = None
+    if cfg.grid_constructor is None and not t.requires_grad and not torch.is_inference_mode_enabled():
+        key = (tuple(tl), cfg.step_size, cs, cfg.perturb, t.dtype, y0.device)
+        hit = _GRID_CACHE.get(key)
+        if hit is not None:
+            gl, hs, step_ts, ends = hit
+            n = len(gl) - 1
+            if n > cfg.max_num_steps:
+                return Outcome([y0], Status.MAX_STEPS, tl[0], f"the grid has {n} steps but max_num_steps={cfg.max_num_steps}")
+            return _fixed_loop(field, y0, t, tl, method, cfg, stats, gl, hs, step_ts, ends, False)
     grid = _custom_grid(field, y0, t, cfg) if cfg.grid_constructor is not None else None
     track = t.requires_grad or (grid is not None and grid.requires_grad)
     gl = grid.detach().tolist() if grid is not None else _host_grid(tl, cfg)
@@ -132,7 +148,7 @@ def _fixed(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) 
                 flat.append(a + cj * (b - a))
     times = torch.tensor(flat + gl, dtype=torch.float64, device=y0.device)
     if track:
-        g = grid if grid is not None else _tracked_grid(t, gl)
+        g = grid if grid is not None else _tracked_grid(t, gl, cfg.step_size is None)
         hs_t = g[1:] - g[:-1]
         c_t = torch.tensor(cs, dtype=torch.float64, device=y0.device)
         moving = torch.cat([(g[:-1, None] + hs_t[:, None] * c_t).reshape(-1), g])
@@ -142,13 +158,23 @@ def _fixed(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) 
         hs = [b - a for a, b in zip(gl, gl[1:])]
     times = times.to(t.dtype).unbind(0)
     ends = times[n * s :]
+    step_ts = [times[i * s : (i + 1) * s] for i in range(n)]
+    if key is not None and not track:
+        if len(_GRID_CACHE) >= _GRID_CACHE_SIZE:
+            _GRID_CACHE.clear()
+        _GRID_CACHE[key] = (gl, hs, step_ts, ends)
+    return _fixed_loop(field, y0, t, tl, method, cfg, stats, gl, hs, step_ts, ends, track)
+
+
+def _fixed_loop(field, y0, t, tl, method, cfg, stats, gl, hs, step_ts, ends, track) -> Outcome:
+    n = len(gl) - 1
     cubic = cfg.interp == "cubic"
     outs = [y0]
     if cfg.record is not None:
         cfg.record.extend(gl)
     j, y, f0 = 1, y0, None
     for i in range(n):
-        ts = times[i * s : (i + 1) * s]
+        ts = step_ts[i]
         if f0 is None:
             f0 = field(ts[0], y)
         res = method.step(field, ts, y, hs[i], f0)
@@ -179,14 +205,18 @@ def _fixed(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) 
     return Outcome(outs)
 
 
-def _tracked_grid(t: torch.Tensor, gl: list) -> torch.Tensor:
-    """The grid as a function of ``t`` (for gradients with respect to time)."""
+def _tracked_grid(t: torch.Tensor, gl: list, from_t: bool) -> torch.Tensor:
+    """The grid as a function of ``t`` (for gradients with respect to time).
+
+    ``from_t``: the grid is ``t`` itself. Otherwise it is ``t[0] + i*step_size`` for the
+    inner points (moving with ``t[0]`` only) and ``t[-1]`` at the end.
+    """
     t64 = t.to(torch.float64)
-    if len(gl) == t.shape[0]:
+    if from_t:
         return t64
     start, end = t64[0], t64[-1]
-    frac = torch.tensor([(g - gl[0]) / (gl[-1] - gl[0]) for g in gl], dtype=torch.float64, device=t.device)
-    return start + (end - start) * frac
+    offs = torch.tensor([g - gl[0] for g in gl[1:-1]], dtype=torch.float64, device=t.device)
+    return torch.cat([start.reshape(1), start + offs, end.reshape(1)])
 
 
 def method_hermite(res: StepResult, theta, f1):
@@ -325,7 +355,7 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
                 st = Status.NON_FINITE if last_nonfinite else Status.STEP_SIZE_UNDERFLOW
                 return Outcome(outs, st, tn, f"a step of min_step={cfg.min_step:.3g} was rejected at t={tn:.6g}")
             h_new = cfg.min_step
-        if not accepted and tn + h_new == tn:
+        if not accepted and (tn + h_new == tn or (tn + h_new) - tn >= hstep):
             st = Status.NON_FINITE if last_nonfinite else Status.STEP_SIZE_UNDERFLOW
             return Outcome(outs, st, tn, f"the step size fell to {h_new:.3g} at t={tn:.6g}")
         h = h_new

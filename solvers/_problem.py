@@ -113,7 +113,7 @@ def split_state(y: torch.Tensor, shapes) -> tuple:
     out, i = [], 0
     for s in shapes:
         n = math.prod(s)
-        out.append(y[..., i : i + n].reshape(*y.shape[:-1], *s))
+        out.append(y[..., i : i + n].reshape(tuple(y.shape[:-1]) + tuple(s)))  # 0-dim parts too
         i += n
     return tuple(out)
 
@@ -139,6 +139,9 @@ class VectorField:
         self.reverse = reverse
         self.dtype = y0.dtype
         self._unchecked = True
+        #: the solve's (rtol, atol) and explicit parameter list, set by the API (implicit methods read them)
+        self.tols = None
+        self.params = None
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.stats.n_f_evals += 1

@@ -59,6 +59,7 @@ class Stats:
     n_root_failures: int = 0
     n_jac_evals: int = 0
     n_linear_solves: int = 0
+    n_jvp_evals: int = 0
     # backward pass
     n_f_evals_backward: int = 0
     n_vjp_evals: int = 0

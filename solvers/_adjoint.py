@@ -1,0 +1,312 @@
+"""The continuous adjoint: gradients of a solve from a second solve backwards in time.
+
+The forward solve runs without building a graph. Backward integrates, from ``t[-1]`` to
+``t[0]`` and one output interval at a time, the augmented system (in the user's time
+``u``, whatever its direction)::
+
+    dy/du   =  f(u, y)                      (the state, re-solved backwards)
+    da/du   = -a^T df/dy(u, y)               (the adjoint, a(t_i) += dL/dy(t_i))
+    dap/du  = -a^T df/dp(u, y)               (the parameter adjoint, from 0)
+
+through the same engine as the forward solve, so every method (fixed-step too) works.
+Memory is O(1) in the number of steps; the price is a second (larger) solve whose
+error adds to the gradient error. Gradients with respect to the output times use the
+exact identities ``dL/dt_i = <dL/dy_i, f(t_i, y_i)>`` (``i >= 1``) and
+``dL/dt_0 = -<a(t_0^+), f(t_0, y_0)>``, so no ``a_t`` component is integrated.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ._api import Problem, make_problem, register_gradient_mode, solve
+from ._integrate import Outcome, rms_norm
+from ._problem import split_state
+from ._solution import exception_for
+
+__all__ = ["odeint_adjoint"]
+
+_ADJOINT_KEYS = {"rtol", "atol", "method", "options"}
+
+
+def resolve_params(prob: Problem) -> tuple:
+    """The parameters whose gradients the adjoint computes.
+
+    Explicit ``params`` must all be tensors that require grad; the default
+    ``func.parameters()`` is filtered to those that require grad; a callable without
+    ``parameters`` and without ``params`` gets gradients for ``y0`` and ``t`` only.
+    """
+    if prob.params is not None:
+        params = prob.params
+        if isinstance(params, torch.Tensor):
+            params = (params,)
+        try:
+            params = tuple(params)
+        except TypeError:
+            raise TypeError(f"`adjoint_params` must be a sequence of tensors, got {type(prob.params).__name__}") from None
+        for i, p in enumerate(params):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"`adjoint_params[{i}]` must be a torch.Tensor, got {type(p).__name__}")
+            if not p.requires_grad:
+                raise ValueError(f"`adjoint_params[{i}]` does not require grad; drop it from `adjoint_params` or call .requires_grad_()")
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError("`adjoint_params` lists the same tensor twice; pass each parameter once")
+        return params
+    if callable(getattr(prob.func, "parameters", None)):
+        return tuple(p for p in prob.func.parameters() if p.requires_grad)
+    return ()
+
+
+class _Backward:
+    """Settings of the backward solve, resolved once in the forward pass."""
+
+    def __init__(self, prob: Problem, params: tuple):
+        opts = dict(prob.gradient_options)
+        unknown = sorted(set(opts) - _ADJOINT_KEYS)
+        if unknown:
+            raise ValueError(f"unknown adjoint option(s) {unknown}; valid: {', '.join(sorted(_ADJOINT_KEYS))}")
+        if prob.y0.is_complex():
+            raise TypeError("gradient='adjoint' needs a real floating-point state; use gradient='direct' or 'checkpoint' for complex states")
+        method = opts.get("method")
+        options = opts.get("options")
+        same = method is None or method is prob.method or (isinstance(method, str) and method == prob.method.name)
+        if options is None:
+            if not same and prob.options:
+                raise ValueError(
+                    "`adjoint_method` differs from `method` and `options` were given, so the adjoint's options "
+                    "cannot be inferred: pass `adjoint_options` too"
+                )
+            options = {k: v for k, v in prob.options.items() if k != "norm"} if same else {}
+        elif not isinstance(options, dict):
+            raise TypeError(f"`adjoint_options` must be a dict, got {type(options).__name__}")
+        self.options = dict(options)
+        self.method = prob.method if same else method
+        self.rtol = opts["rtol"] if opts.get("rtol") is not None else prob.rtol
+        self.atol = opts["atol"] if opts.get("atol") is not None else prob.atol
+        self.params = params
+        self.prob = prob
+
+
+def _aug_tol(tol, prob: Problem, n_params: tuple):
+    """Tolerance of the augmented state: the state's for ``y`` and ``a``; the tightest for params."""
+    if not isinstance(tol, torch.Tensor):
+        return tol
+    flat = tol.expand(prob.y0.shape).reshape(-1)  # (N,)
+    n_p = sum(p.numel() for p in n_params)
+    return torch.cat([flat, flat, flat.min().expand(n_p)])  # (2N + P,)
+
+
+def _state_func(func: Callable, shapes) -> Callable:
+    """``func`` on the engine's state layout (flat for tuple states), in the user's time."""
+    if shapes is None:
+        return func
+
+    def flat(u, y):
+        return torch.cat([v.reshape(-1) for v in func(u, split_state(y, shapes))])
+
+    return flat
+
+
+def _make_norm(spec, state_norm: Callable):
+    """The backward solve's error norm over the augmented parts ``(y, a, *a_params)``."""
+    if spec == "seminorm":
+        return lambda parts: torch.maximum(state_norm(parts[0]), state_norm(parts[1]))
+
+    def mixed(parts):
+        n = torch.maximum(state_norm(parts[0]), state_norm(parts[1]))
+        for p in parts[2:]:
+            n = torch.maximum(n, rms_norm(p))
+        return n
+
+    if spec is None:
+        return mixed
+    if callable(spec):
+        return spec
+    raise ValueError(f"adjoint option `norm` must be 'seminorm', None or callable(parts) -> scalar, got {spec!r}")
+
+
+class _AdjointFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, box, y0, t, *params):
+        prob = box["prob"]
+        outcome = prob.run(y0=y0.detach(), t=t.detach())
+        ys = outcome.ys if isinstance(outcome.ys, torch.Tensor) else torch.stack(outcome.ys)
+        box["outcome"] = outcome
+        ctx.box = box
+        ctx.save_for_backward(ys, t)
+        return ys
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_ys):
+        ys, t_int = ctx.saved_tensors
+        box = ctx.box
+        g_y0, g_t, g_params = _backward(box["bwd"], ys, t_int, grad_ys, ctx.needs_input_grad[2])
+        return (None, g_y0, g_t, *g_params)
+
+
+def _backward(bw: _Backward, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.Tensor, need_t: bool):
+    """Integrate the augmented system from the last reached output time to ``t[0]``."""
+    prob = bw.prob
+    params = bw.params
+    n = ys.shape[0]
+    t_user = (-t_int if prob.reverse else t_int).detach()[:n]
+    state = prob.y0.detach()
+    dtype = state.dtype
+    f = _state_func(prob.func, prob.shapes)
+    stats = prob.stats
+
+    def aug(u, z):
+        y, a = z[0], z[1]
+        with torch.enable_grad():
+            yv = y.detach().requires_grad_(True)
+            fy = f(u, yv)
+            if fy.requires_grad:
+                grads = torch.autograd.grad(fy, (yv, *params), a, allow_unused=True)
+            else:
+                grads = (None,) * (1 + len(params))
+        g_y = torch.zeros_like(y) if grads[0] is None else grads[0]
+        g_p = [torch.zeros(p.shape, dtype=dtype, device=y.device) if g is None else g.to(dtype) for p, g in zip(params, grads[1:])]
+        return (fy.detach(), -g_y, *[-g for g in g_p])
+
+    grad_ys = grad_ys.to(dtype)
+    a = grad_ys[n - 1]
+    a_p = [torch.zeros(p.shape, dtype=dtype, device=state.device) for p in params]
+    g_t = torch.zeros(n, dtype=t_int.dtype, device=t_int.device) if need_t else None
+    extra_f = 0
+    with torch.no_grad():
+        if n > 1:
+            t_back = t_user.flip(0)
+            z0 = (ys[n - 1], a, *a_p)
+            opts = dict(bw.options)
+            norm_spec = opts.pop("norm", None)
+            bprob = make_problem(aug, z0, t_back, method=bw.method, rtol=_aug_tol(bw.rtol, prob, params), atol=_aug_tol(bw.atol, prob, params), options=opts)
+            parts_norm = _make_norm(norm_spec, prob.cfg.norm or rms_norm)
+            shapes_b = bprob.shapes
+            bprob.cfg.norm = lambda x: parts_norm(split_state(x, shapes_b))
+            for k in range(n - 1):
+                i = n - 1 - k  # integrate t_i -> t_{i-1}
+                if need_t:
+                    g_t[i] = torch.sum(f(t_user[i], ys[i]) * grad_ys[i]).to(g_t.dtype)
+                    extra_f += 1
+                zf = torch.cat([ys[i].reshape(-1), a.reshape(-1), *[p.reshape(-1) for p in a_p]])
+                out = bprob.run(y0=zf, t=bprob.t[k : k + 2])
+                if not out.status.ok:
+                    _record(stats, bprob.stats, extra_f)
+                    t_fail = None if out.t_fail is None else (-out.t_fail if bprob.reverse else out.t_fail)
+                    where = f" at t={t_fail:.6g}" if t_fail is not None else ""
+                    msg = (
+                        f"{out.status.value} This happened in the backward (adjoint) pass{where}, integrating "
+                        f"from t={float(t_user[i]):.6g} to t={float(t_user[i - 1]):.6g}: {out.detail}. "
+                        "Try other `adjoint_rtol`/`adjoint_atol`, `adjoint_options` or `adjoint_method`."
+                    )
+                    raise exception_for(out.status)(msg, t=t_fail)
+                zend = out.ys[-1]
+                parts = split_state(zend, bprob.shapes)
+                a = parts[1] + grad_ys[i - 1]
+                a_p = list(parts[2:])
+        if need_t:
+            g_t[0] = -torch.sum(f(t_user[0], ys[0]) * (a - grad_ys[0])).to(g_t.dtype)
+            extra_f += 1
+            if prob.reverse:
+                g_t = -g_t
+            if n < t_int.shape[0]:
+                g_t = torch.cat([g_t, g_t.new_zeros(t_int.shape[0] - n)])
+    if n > 1:
+        _record(stats, bprob.stats, extra_f)
+    elif extra_f:
+        stats.n_f_evals_backward += extra_f
+    g_params = [g.to(p.dtype) for g, p in zip(a_p, params)]
+    return a, g_t, g_params
+
+
+def _record(stats, bstats, extra_f: int) -> None:
+    stats.n_f_evals_backward += bstats.n_f_evals + extra_f
+    stats.n_vjp_evals += bstats.n_f_evals
+    stats.n_steps_backward += bstats.n_steps
+    stats.n_rejected_backward += bstats.n_rejected
+    bstats.n_f_evals = bstats.n_steps = bstats.n_rejected = 0
+
+
+def adjoint_runner(prob: Problem) -> Outcome:
+    """The ``gradient="adjoint"`` mode: outputs whose backward is the continuous adjoint."""
+    params = resolve_params(prob)
+    bw = _Backward(prob, params)
+    box = {"prob": prob, "bwd": bw}
+    ys = _AdjointFunction.apply(box, prob.y0, prob.t, *params)
+    out = box["outcome"]
+    return Outcome(ys, out.status, out.t_fail, out.detail)
+
+
+register_gradient_mode("adjoint", adjoint_runner)
+
+
+def odeint_adjoint(
+    func: Callable,
+    y0,
+    t,
+    *,
+    rtol=1e-7,
+    atol=1e-9,
+    method: Optional[str] = None,
+    options: Optional[dict] = None,
+    adjoint_rtol=None,
+    adjoint_atol=None,
+    adjoint_method: Optional[str] = None,
+    adjoint_options: Optional[dict] = None,
+    adjoint_params=None,
+):
+    """``odeint`` whose gradients come from the continuous adjoint (O(1) memory in steps).
+
+    A drop-in replacement for ``torchdiffeq.odeint_adjoint``: same signature, semantics
+    and output. Gradients flow to ``y0``, to ``t`` and to ``adjoint_params``.
+
+    Parameters
+    ----------
+    func : callable
+        ``func(t, y)``. If it is not an ``nn.Module``, ``adjoint_params`` is required.
+    y0, t, rtol, atol, method, options
+        As for :func:`solvers.odeint`.
+    adjoint_rtol, adjoint_atol : float, optional
+        Tolerances of the backward solve; default ``rtol``/``atol``.
+    adjoint_method : str, optional
+        Method of the backward solve; default ``method``.
+    adjoint_options : dict, optional
+        Options of the backward solve; default ``options`` without ``norm`` (only when the
+        methods agree). ``norm="seminorm"`` leaves the parameter adjoints out of the
+        error norm, which usually saves backward steps; a callable norm receives the
+        tuple ``(y, a, *a_params)``.
+    adjoint_params : sequence of Tensor, optional
+        Tensors that ``func`` uses and that need gradients; each must require grad.
+        Default: ``func.parameters()`` (those requiring grad) for an ``nn.Module``.
+
+    Returns
+    -------
+    Tensor or tuple of Tensor
+        ``[len(t), *y0.shape]`` (a tuple of such for tuple states).
+
+    Raises
+    ------
+    SolverError
+        A numerical failure in the forward solve, or in the backward solve (the message
+        says it happened in the backward (adjoint) pass).
+    """
+    if adjoint_params is None and not isinstance(func, torch.nn.Module):
+        raise TypeError(
+            "`func` is not an nn.Module, so the adjoint cannot find its parameters: pass them as "
+            "`adjoint_params=(...)` (or `adjoint_params=()` if `func` has none)"
+        )
+    if adjoint_params is not None and not isinstance(adjoint_params, torch.Tensor):
+        try:
+            adjoint_params = tuple(adjoint_params)
+        except TypeError:
+            raise TypeError(f"`adjoint_params` must be a sequence of tensors, got {type(adjoint_params).__name__}") from None
+    gopts = {"rtol": adjoint_rtol, "atol": adjoint_atol, "method": adjoint_method, "options": adjoint_options}
+    sol = solve(
+        func, y0, t, method="dopri5" if method is None else method, rtol=rtol, atol=atol, options=options,
+        gradient="adjoint", params=adjoint_params, gradient_options={k: v for k, v in gopts.items() if v is not None},
+    )
+    return sol.ys

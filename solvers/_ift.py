@@ -1,0 +1,218 @@
+"""One implicit stage ``z = c + gamma * f(t, z)``: its root solve and its gradient by the
+implicit-function theorem.
+
+Forward: the root finder runs without a graph. If gradients are wanted, one evaluation
+``G(z*) = c + gamma f(t, z*)`` at the (detached) root builds a graph to ``c``, ``gamma``,
+``t`` and every tensor the field uses (parameters included, whether or not they are
+listed), and the stage returns ``z* + (G(z*) - G(z*).detach())`` (the value is exactly
+``z*``) passed through :class:`_TransposeSolve`. That autograd.Function is the identity
+going forward; going backward it turns the incoming gradient ``g`` into
+``lam = (I - gamma J^T)^{-1} g`` (``J = df/dz`` at ``z*``), so autograd's ordinary pass
+through ``G``'s graph then yields ``dL/dc = lam`` and ``dL/dtheta = gamma lam^T df/dtheta``:
+one vector-Jacobian product at the root. The iterations are never differentiated.
+
+The transposed system is solved by the forward root finder applied to the linear map
+``lam -> g + gamma J^T lam`` (Picard/Anderson: fixed point on the transpose; Newton: a
+per-sample dense Jacobian, exact in one iteration; Newton–Krylov: GMRES with VJPs).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ._root import AbstractRootFinder, BatchView, Tolerance
+from ._solution import RootFinderError
+
+__all__ = ["StageEquation", "TransposeEquation", "solve_stage", "per_sample_jacobian"]
+
+
+def per_sample_jacobian(fx: torch.Tensor, xr: torch.Tensor) -> torch.Tensor:
+    """``(B, n, n)`` blocks ``J[b] = d fx[b] / d xr[b]`` from ``n`` batched VJPs (graph kept).
+
+    Exact for fields that act on each sample independently; the block diagonal otherwise.
+    """
+    B, n = fx.shape
+    if not fx.requires_grad:  # a field that does not depend (differentiably) on the state
+        return fx.new_zeros(B, n, n)
+    eye = torch.eye(n, dtype=fx.dtype, device=fx.device)
+    E = eye[:, None, :].expand(n, B, n).contiguous()  # (n, B, n): E[j, b] = e_j
+    try:
+        rows = torch.autograd.grad(fx, xr, E, retain_graph=True, is_grads_batched=True, allow_unused=True)[0]
+    except RuntimeError:  # a field vmap cannot batch over: one VJP per row
+        rows = [torch.autograd.grad(fx, xr, E[j], retain_graph=True, allow_unused=True)[0] for j in range(n)]
+        rows = None if rows[0] is None else torch.stack(rows)
+    if rows is None:
+        return fx.new_zeros(B, n, n)
+    return rows.permute(1, 0, 2)  # (B, n, n): J[b, j, k] = d f_bj / d x_bk
+
+
+def _vjp(fx, xr, v):
+    if not fx.requires_grad:
+        return torch.zeros_like(xr)
+    out = torch.autograd.grad(fx, xr, v, retain_graph=True, allow_unused=True)[0]
+    return torch.zeros_like(xr) if out is None else out
+
+
+class StageEquation:
+    """``x = c + gamma f(t, x)`` in the real ``(B, n)`` view of the state."""
+
+    def __init__(self, func, t, c, gamma, view: BatchView, key=None):
+        self.func, self.t, self.view, self.key = func, t, view, key
+        self.c = view.flat(c.detach())
+        self.gamma = gamma.detach() if isinstance(gamma, torch.Tensor) else gamma
+
+    def f(self, x):
+        return self.view.flat(self.func(self.t, self.view.state(x)))
+
+    def G(self, x):
+        return self.c + self.gamma * self.f(x)
+
+    def _graph(self, x):
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            fx = self.f(xr)
+        return xr, fx
+
+    def jacobian(self, x):
+        xr, fx = self._graph(x)
+        J = per_sample_jacobian(fx, xr) * self.gamma
+        return self.c + self.gamma * fx.detach(), J
+
+    def linearize(self, x):
+        """``G(x)`` and ``v -> J_G v`` by double backward (works for fields that use autograd)."""
+        xr, fx = self._graph(x)
+        w = None
+        if fx.requires_grad:
+            with torch.enable_grad():
+                u = torch.zeros_like(fx, requires_grad=True)
+                w = torch.autograd.grad(fx, xr, u, create_graph=True, allow_unused=True)[0]  # J^T u, linear in u
+        gamma = self.gamma
+
+        def jvp(v):
+            if w is None or not w.requires_grad:
+                return torch.zeros_like(v)
+            out = torch.autograd.grad(w, u, v, retain_graph=True, allow_unused=True)[0]
+            return torch.zeros_like(v) if out is None else gamma * out
+
+        return self.c + gamma * fx.detach(), jvp
+
+
+class TransposeEquation:
+    """``lam = g + gamma J^T lam`` with ``J = df/dz`` at the root (``fx``'s graph at ``xr``)."""
+
+    def __init__(self, fx, xr, gamma, g, stats):
+        self.fx, self.xr, self.gamma, self.g, self.stats = fx, xr, gamma, g, stats
+        self.key = None
+
+    def _jt(self, v):
+        self.stats.n_vjp_evals += 1
+        return self.gamma * _vjp(self.fx, self.xr, v)
+
+    def G(self, lam):
+        return self.g + self._jt(lam)
+
+    def linearize(self, lam):
+        return self.G(lam), self._jt
+
+    def jacobian(self, lam):
+        J = per_sample_jacobian(self.fx, self.xr) * self.gamma
+        self.stats.n_vjp_evals += J.shape[1]
+        return self.G(lam), J.transpose(1, 2)
+
+
+class _Spec:
+    """What the backward pass of one stage needs (no per-solve state leaks elsewhere)."""
+
+    __slots__ = ("func", "t", "z", "gamma", "view", "finder", "rtol", "stats")
+
+    def __init__(self, func, t, z, gamma, view, finder, rtol, stats):
+        self.func, self.t, self.z, self.gamma = func, t, z, gamma
+        self.view, self.finder, self.rtol, self.stats = view, finder, rtol, stats
+
+    def solve_transpose(self, g_state: torch.Tensor) -> torch.Tensor:
+        view, stats = self.view, self.stats
+        g = view.flat(g_state)
+        with torch.enable_grad():
+            xr = view.flat(self.z).detach().requires_grad_(True)
+            n0 = stats.n_f_evals
+            fx = view.flat(self.func(self.t, view.state(xr)))
+            stats.n_f_evals_backward += stats.n_f_evals - n0
+            stats.n_f_evals = n0
+        eq = TransposeEquation(fx, xr, self.gamma, g, stats)
+        # accuracy relative to the size of the incoming gradient, per sample
+        gs = torch.sqrt(torch.mean(g * g, dim=1, keepdim=True))
+        tol = Tolerance(self.rtol, self.rtol * gs + torch.finfo(g.dtype).tiny)
+        res = self.finder.solve(eq, g, tol, stats, cache={})
+        stats.n_backward_root_iters += res.iterations
+        if not res.ok:
+            raise RootFinderError(
+                f"the transposed linear solve of an implicit step's gradient (t={float(self.t):.6g}) failed with "
+                f"root_finder={self.finder.name}: {res.reason} (iterations={res.iterations}, residual={res.residual:.3g}); "
+                "try root_finder='newton' or 'newton_krylov', or a smaller step"
+            )
+        return view.state(res.x)
+
+
+class _TransposeSolve(torch.autograd.Function):
+    """Identity forward; backward maps ``g`` to ``(I - gamma J^T)^{-1} g`` at the root."""
+
+    @staticmethod
+    def forward(ctx, z, spec):
+        ctx.spec = spec
+        return z.view_as(z)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        return ctx.spec.solve_transpose(g), None
+
+
+def _needs_graph(func, c, gamma, t) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    if c.requires_grad or (isinstance(gamma, torch.Tensor) and gamma.requires_grad) or t.requires_grad:
+        return True
+    params = known_params(func)
+    if params is None:
+        return True  # an opaque callable may close over tensors that require grad
+    return any(p.requires_grad for p in params)
+
+
+def known_params(func) -> Optional[list]:
+    """The tensors a field depends on, when they can be known: ``func.params`` (set by the
+    API from ``params=``), else the parameters of an ``nn.Module`` (or of the module a bound
+    method belongs to); ``None`` for an opaque callable."""
+    params = getattr(func, "params", None)
+    if params is not None:
+        return list(params)
+    inner = getattr(func, "func", func)
+    owner = getattr(inner, "__self__", inner)
+    if isinstance(owner, torch.nn.Module):
+        return list(owner.parameters())
+    return None
+
+
+def solve_stage(func, t, c, gamma, x0, finder: AbstractRootFinder, tol: Tolerance, view: BatchView, stats, cache: dict, key=None):
+    """Solve ``z = c + gamma f(t, z)`` from the guess ``x0``; return ``(z, result)``.
+
+    ``z`` carries the implicit-function-theorem gradient when gradients are enabled.
+    """
+    eq = StageEquation(func, t, c, gamma, view, key)
+    with torch.no_grad():
+        res = finder.solve(eq, view.flat(x0.detach()), tol, stats, cache)
+    stats.n_root_solves += 1
+    stats.n_root_iters += res.iterations
+    stats.max_root_iters = max(stats.max_root_iters, res.iterations)
+    if not res.ok:
+        stats.n_root_failures += 1
+    z = view.state(res.x)
+    if res.ok and _needs_graph(func, c, gamma, t):
+        zd = z.detach()
+        Gz = c + gamma * func(t, zd)
+        if Gz.requires_grad:
+            rtol = tol.rtol if not isinstance(tol.rtol, torch.Tensor) else float(tol.rtol.max())
+            spec = _Spec(func, t.detach(), zd, gamma.detach() if isinstance(gamma, torch.Tensor) else gamma, view, finder, rtol, stats)
+            z = _TransposeSolve.apply(zd + (Gz - Gz.detach()), spec)
+    return z, res

@@ -1,0 +1,440 @@
+"""Root finders for the fixed-point equations ``x = G(x)`` of implicit steps, per sample.
+
+Every root finder works on a real ``(B, n)`` view of the unknown (``B`` samples of ``n``
+real numbers; see :class:`BatchView`) and on an *equation* object that offers
+
+- ``G(x)`` -> ``(B, n)``: the map whose fixed point is sought;
+- ``linearize(x)`` -> ``(G(x), jvp)`` with ``jvp(v) = J_G(x) v`` (matrix-free);
+- ``jacobian(x)`` -> ``(G(x), J)`` with ``J`` the ``(B, n, n)`` per-sample Jacobian of ``G``;
+- ``key``: a hashable that is equal for equations sharing a Jacobian (ESDIRK stages).
+
+Convergence is decided per sample by :class:`_Monitor`: the update ``dx`` is measured in
+the scaled RMS norm ``rms(dx / (atol + rtol*|x|))``; a sample has converged when the
+update is tiny (``<= 0.01``) or when the rate-based estimate of the remaining error,
+``rate/(1-rate) * |dx|``, is at most one. A sample diverges when the rate exceeds
+``divergence_rate`` (2 by default) or the update is non-finite. Converged and diverged
+samples are frozen (their state no longer changes and, for Newton, their linear solves
+are skipped). The iteration loop synchronises with the host once per iteration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import torch
+
+__all__ = ["AbstractRootFinder", "FixedPoint", "Anderson", "Newton", "NewtonKrylov", "RootResult", "Tolerance", "BatchView", "gmres", "get_root_finder"]
+
+
+class BatchView:
+    """Maps a state tensor to a real ``(B, n)`` matrix and back.
+
+    Dim 0 is the batch when the state has ``ndim >= 2`` and ``per_sample`` is true; a 1-D
+    state (or ``per_sample=False``) is one sample. Complex states are viewed as real pairs.
+    """
+
+    def __init__(self, like: torch.Tensor, per_sample: bool = True):
+        self.shape = like.shape
+        self.complex = like.is_complex()
+        self.B = like.shape[0] if (per_sample and like.ndim >= 2 and like.shape[0] > 0) else 1
+
+    def flat(self, y: torch.Tensor) -> torch.Tensor:
+        if self.complex:
+            y = torch.view_as_real(y.contiguous())  # (*shape, 2)
+        return y.reshape(self.B, -1)  # (B, n)
+
+    def state(self, x: torch.Tensor) -> torch.Tensor:
+        if self.complex:
+            return torch.view_as_complex(x.reshape(*self.shape, 2).contiguous())
+        return x.reshape(self.shape)
+
+    def flat_tol(self, tol):
+        """A per-component tolerance tensor (state-shaped or broadcastable) in the flat view."""
+        if not isinstance(tol, torch.Tensor):
+            return tol
+        tol = tol.expand(self.shape)
+        if self.complex:
+            tol = tol.unsqueeze(-1).expand(*self.shape, 2)
+        return tol.reshape(self.B, -1)
+
+
+@dataclasses.dataclass
+class Tolerance:
+    """``scale = atol + rtol*|x|`` in the flat view (floats or ``(B, n)`` tensors)."""
+
+    rtol: object
+    atol: object
+    #: optional ``(B, 1)`` lower bound on the scale (a few ulps of each sample's size), so
+    #: that a tolerance below the working precision cannot make convergence impossible
+    floor: Optional[torch.Tensor] = None
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.atol + self.rtol * x.abs()
+        if self.floor is not None:
+            s = torch.maximum(s, self.floor)
+        return s.clamp_min(torch.finfo(x.dtype).tiny)
+
+
+@dataclasses.dataclass
+class RootResult:
+    """What a root finder returns: the solution, per-sample convergence and a summary."""
+
+    x: torch.Tensor  # (B, n)
+    converged: torch.Tensor  # (B,) bool
+    iterations: int  # iterations of the batched loop (the cost)
+    residual: float  # largest scaled RMS residual |G(x) - x| over the samples, last iteration
+    reason: str = ""  # why it failed ("" on success)
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+def scaled_rms(v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Per-sample RMS of ``v / scale``: ``(B, n) -> (B,)``."""
+    return torch.sqrt(torch.mean((v / scale) ** 2, dim=1))
+
+
+class _Monitor:
+    """Per-sample convergence and divergence test shared by all root finders."""
+
+    def __init__(self, B: int, device, divergence_rate: float, need_residual: bool = False):
+        self.active = torch.ones(B, dtype=torch.bool, device=device)
+        self.converged = torch.zeros(B, dtype=torch.bool, device=device)
+        self.diverged = torch.zeros(B, dtype=torch.bool, device=device)
+        self.prev: Optional[torch.Tensor] = None
+        self.prev_r: Optional[torch.Tensor] = None
+        self.need_residual = need_residual
+        self.stalls = torch.zeros(B, dtype=torch.int64, device=device)
+        self.res = torch.full((B,), math.inf, dtype=torch.float64, device=device)
+        self.divergence_rate = divergence_rate
+
+    def update(self, dx: torch.Tensor, r: torch.Tensor, scale: torch.Tensor) -> bool:
+        """Record one iteration (update ``dx``, residual ``r``); return True if any is active."""
+        d = scaled_rms(dx, scale)
+        raw = torch.linalg.vector_norm(dx, dim=1)  # rates are measured in a fixed norm
+        raw_r = torch.linalg.vector_norm(r, dim=1)
+        res = scaled_rms(r, scale)
+        self.res = torch.where(self.active, res.to(self.res.dtype), self.res)
+        finite = torch.isfinite(d) & torch.isfinite(res)
+        nan = torch.full_like(d, math.nan)
+        rate = nan if self.prev is None else raw / self.prev  # contraction of the updates
+        rate_r = nan if self.prev_r is None else raw_r / self.prev_r  # growth of the residual
+        est = torch.where(rate < 1, rate / (1 - rate) * d, torch.full_like(d, math.inf))
+        conv = self.active & finite & ((d <= 0.01) | (est <= 1.0))
+        if self.need_residual:  # non-monotone iterations (Anderson): also ask for a small residual
+            conv &= res <= 1.0
+        div = self.active & ~conv & (~finite | (rate_r > self.divergence_rate))
+        self.converged |= conv
+        self.diverged |= div
+        self.active &= ~(conv | div)
+        self.prev = torch.where(finite, raw, self.prev if self.prev is not None else raw)
+        self.prev_r = torch.where(finite, raw_r, self.prev_r if self.prev_r is not None else raw_r)
+        self.rate = rate
+        # residual not decreasing for 3 iterations in a row: the map does not contract here
+        if not self.need_residual and self.prev_r is not None:
+            grow = rate_r >= 1.0
+            self.stalls = torch.where(grow, self.stalls + 1, torch.zeros_like(self.stalls))
+            stall = self.active & (self.stalls >= 3)
+            self.diverged |= stall
+            self.active &= ~stall
+        return bool(self.active.any())  # the one synchronisation per iteration
+
+    def result(self, x: torch.Tensor, k: int, max_iters: int) -> RootResult:
+        res = float(self.res.max()) if self.res.numel() else 0.0
+        if bool(self.converged.all()):
+            return RootResult(x, self.converged, k, res)
+        n_div = int(self.diverged.sum())
+        n_bad = int((~self.converged).sum())
+        if n_div:
+            reason = f"diverged in {n_div} of {x.shape[0]} sample(s) (residual grew by > {self.divergence_rate:g} in one iteration or for 3 in a row, or non-finite)"
+        else:
+            reason = f"not converged in {max_iters} iterations in {n_bad} of {x.shape[0]} sample(s)"
+        return RootResult(x, self.converged, k, res, reason)
+
+
+def _positive_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {v!r}")
+    return v
+
+
+def _positive_float(name, v, upper=math.inf):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= upper):
+        raise ValueError(f"`{name}` must be a number in (0, {upper:g}], got {v!r}")
+    return float(v)
+
+
+class AbstractRootFinder:
+    """Solve ``x = G(x)`` per sample. Subclasses implement :meth:`solve`.
+
+    Parameters
+    ----------
+    max_iters : int
+        Iterations of the batched loop before giving up.
+    divergence_rate : float
+        A sample whose update grows by more than this factor in one iteration diverged.
+    """
+
+    name = ""
+    #: the kind of transposed linear solve used for gradients: "iterate", "dense" or "krylov"
+    backward_kind = "iterate"
+    #: whether the finder benefits from starting at an explicit predictor
+    explicit_predictor = True
+
+    def __init__(self, max_iters: int, divergence_rate: float = 2.0):
+        self.max_iters = _positive_int("max_iters", max_iters)
+        self.divergence_rate = _positive_float("divergence_rate", divergence_rate)
+
+    def solve(self, eq, x0: torch.Tensor, tol: Tolerance, stats, cache: Optional[dict] = None) -> RootResult:
+        raise NotImplementedError
+
+    def __repr__(self):
+        keys = [k for k in vars(self) if not k.startswith("_")]
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in keys) + ")"
+
+
+class FixedPoint(AbstractRootFinder):
+    """Picard iteration ``x <- (1 - damping) x + damping G(x)``.
+
+    Converges when ``G`` contracts (``h Lip(f) < 1`` for backward Euler); its divergence
+    on stiff problems is detected (rate > 2) and reported. One evaluation per iteration.
+    """
+
+    name = "fixed_point"
+
+    def __init__(self, damping: float = 1.0, max_iters: int = 100, divergence_rate: float = 2.0):
+        super().__init__(max_iters, divergence_rate)
+        self.damping = _positive_float("damping", damping, 1.0)
+
+    def solve(self, eq, x0, tol, stats, cache=None):
+        x = x0
+        mon = _Monitor(x.shape[0], x.device, self.divergence_rate)
+        k = 0
+        for k in range(1, self.max_iters + 1):
+            r = eq.G(x) - x
+            dx = r * self.damping
+            act = mon.active[:, None]
+            x_new = torch.where(act, x + dx, x)
+            more = mon.update(dx, r, tol.scale(x_new))
+            x = x_new
+            if not more:
+                break
+        return mon.result(x, k, self.max_iters)
+
+
+class Anderson(AbstractRootFinder):
+    """Anderson acceleration (type II) with memory ``m`` and mixing ``beta``, per sample.
+
+    Each sample keeps its own history and solves its own small regularised least-squares
+    problem (batched), so samples never mix. One evaluation per iteration.
+    """
+
+    name = "anderson"
+
+    def __init__(self, m: int = 5, beta: float = 1.0, max_iters: int = 50, reg: float = 1e-10, divergence_rate: float = 2.0):
+        super().__init__(max_iters, divergence_rate)
+        self.m = _positive_int("m", m)
+        self.beta = _positive_float("beta", beta, 1.0)
+        self.reg = float(reg)
+
+    def solve(self, eq, x0, tol, stats, cache=None):
+        x = x0
+        B = x.shape[0]
+        mon = _Monitor(B, x.device, self.divergence_rate, need_residual=True)
+        xs, fs = [], []
+        k = 0
+        for k in range(1, self.max_iters + 1):
+            f = eq.G(x) - x  # (B, n) residual
+            xs.append(x)
+            fs.append(f)
+            if len(xs) > self.m + 1:
+                xs.pop(0)
+                fs.pop(0)
+            if len(xs) == 1:
+                x_new = x + self.beta * f
+            else:
+                dX = torch.stack([b - a for a, b in zip(xs, xs[1:])], dim=2)  # (B, n, mk)
+                dF = torch.stack([b - a for a, b in zip(fs, fs[1:])], dim=2)  # (B, n, mk)
+                A = dF.transpose(1, 2) @ dF  # (B, mk, mk)
+                lam = self.reg * A.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(torch.finfo(A.dtype).tiny)
+                A = A + lam[:, None, None] * torch.eye(A.shape[1], dtype=A.dtype, device=A.device)
+                gam = torch.linalg.solve(A, (dF.transpose(1, 2) @ f[:, :, None]))  # (B, mk, 1)
+                x_new = x + self.beta * f - ((dX + self.beta * dF) @ gam)[:, :, 0]
+            act = mon.active[:, None]
+            x_new = torch.where(act, x_new, x)
+            more = mon.update(x_new - x, f, tol.scale(x_new))
+            x = x_new
+            if not more:
+                break
+        return mon.result(x, k, self.max_iters)
+
+
+class Newton(AbstractRootFinder):
+    """Simplified Newton with per-sample dense Jacobians (batched LU), for small states.
+
+    The Jacobian of ``G`` is formed per sample (``n`` vector-Jacobian products of the
+    whole batch, vectorised), factorised once (``I - J_G``, batched LU), reused across
+    iterations and across the stages of a step that share it, and refreshed when the
+    contraction rate exceeds ``refresh_rate``. With ``per_sample=False`` the whole state is
+    one sample (a dense Jacobian of the full batch; only sensible for tiny batches).
+
+    When the field couples samples (e.g. batch norm) the per-sample Jacobian is only the
+    block diagonal: Newton then converges more slowly but the test is on the true update.
+    """
+
+    name = "newton"
+    backward_kind = "dense"
+    explicit_predictor = False
+
+    def __init__(self, max_iters: int = 10, refresh_rate: float = 0.5, per_sample: bool = True, divergence_rate: float = 2.0):
+        super().__init__(max_iters, divergence_rate)
+        self.refresh_rate = _positive_float("refresh_rate", refresh_rate)
+        self.per_sample = bool(per_sample)
+
+    def solve(self, eq, x0, tol, stats, cache=None):
+        cache = {} if cache is None else cache
+        x = x0
+        n = x.shape[1]
+        mon = _Monitor(x.shape[0], x.device, self.divergence_rate)
+        lu = cache.get(("lu", eq.key)) if eq.key is not None else None
+        fresh = False
+        k = 0
+        for k in range(1, self.max_iters + 1):
+            if lu is None:
+                g, J = eq.jacobian(x)  # (B, n), (B, n, n)
+                stats.n_jac_evals += 1
+                M = torch.eye(n, dtype=J.dtype, device=J.device) - J
+                lu = torch.linalg.lu_factor(M)
+                fresh = True
+                if eq.key is not None:
+                    cache[("lu", eq.key)] = lu
+            else:
+                g = eq.G(x)
+            r = g - x
+            act = mon.active
+            if bool(act.all()):
+                dx = torch.linalg.lu_solve(lu[0], lu[1], r[:, :, None])[:, :, 0]
+            else:  # solve only for the samples still iterating
+                idx = act.nonzero()[:, 0]
+                dx = torch.zeros_like(r)
+                dx[idx] = torch.linalg.lu_solve(lu[0][idx], lu[1][idx], r[idx, :, None])[:, :, 0]
+            stats.n_linear_solves += 1
+            x_new = torch.where(act[:, None], x + dx, x)
+            more = mon.update(dx, r, tol.scale(x_new))
+            x = x_new
+            if not more:
+                break
+            if not fresh and bool((mon.rate[mon.active] > self.refresh_rate).any()):
+                lu = None  # slow convergence with an old Jacobian: refresh it at x
+            fresh = False
+        return mon.result(x, k, self.max_iters)
+
+
+class NewtonKrylov(AbstractRootFinder):
+    """Inexact Newton, each step solved matrix-free by restarted GMRES with JVPs.
+
+    For large states (conv feature maps) where a dense Jacobian is out of reach. Each
+    sample has its own Krylov space (batched Arnoldi); the linear solve stops at a relative
+    residual ``forcing`` per sample.
+    """
+
+    name = "newton_krylov"
+    backward_kind = "krylov"
+    explicit_predictor = False
+
+    def __init__(self, max_iters: int = 20, restart: int = 20, max_restarts: int = 2, forcing: float = 1e-2, divergence_rate: float = 2.0):
+        super().__init__(max_iters, divergence_rate)
+        self.restart = _positive_int("restart", restart)
+        self.max_restarts = _positive_int("max_restarts", max_restarts)
+        self.forcing = _positive_float("forcing", forcing, 1.0)
+
+    def solve(self, eq, x0, tol, stats, cache=None):
+        x = x0
+        mon = _Monitor(x.shape[0], x.device, self.divergence_rate)
+        k = 0
+        for k in range(1, self.max_iters + 1):
+            g, jvp = eq.linearize(x)
+            r = g - x
+
+            def op(v, jvp=jvp):
+                stats.n_jvp_evals += 1
+                return v - jvp(v)
+
+            dx = gmres(op, r, rtol=self.forcing, restart=self.restart, max_restarts=self.max_restarts)
+            stats.n_linear_solves += 1
+            act = mon.active[:, None]
+            dx = torch.where(act, dx, torch.zeros_like(dx))
+            x_new = x + dx
+            more = mon.update(dx, r, tol.scale(x_new))
+            x = x_new
+            if not more:
+                break
+        return mon.result(x, k, self.max_iters)
+
+
+def gmres(op, b: torch.Tensor, rtol: float = 1e-2, restart: int = 20, max_restarts: int = 2) -> torch.Tensor:
+    """Batched restarted GMRES: solve ``op(x) = b`` for each row of ``b`` (``(B, n)``).
+
+    Every row has its own Krylov space; ``op`` is applied to all rows at once. Stops when
+    every row's residual is at most ``rtol * |b_row|`` (or after ``max_restarts`` cycles;
+    the caller's outer iteration judges the result).
+    """
+    B, n = b.shape
+    x = torch.zeros_like(b)
+    bnorm = torch.linalg.vector_norm(b, dim=1)  # (B,)
+    target = rtol * bnorm
+    m = min(restart, n)
+    for cycle in range(max_restarts):
+        r = b - op(x) if cycle else b
+        beta = torch.linalg.vector_norm(r, dim=1)  # (B,)
+        if bool((beta <= target).all()):
+            break
+        V = [r / beta.clamp_min(torch.finfo(b.dtype).tiny)[:, None]]
+        H = torch.zeros(B, m + 1, m, dtype=b.dtype, device=b.device)
+        e1 = torch.zeros(B, m + 1, 1, dtype=b.dtype, device=b.device)
+        e1[:, 0, 0] = beta
+        y = None
+        for j in range(m):
+            w = op(V[j])
+            for i in range(j + 1):  # modified Gram-Schmidt, per row
+                hij = (w * V[i]).sum(dim=1)
+                H[:, i, j] = hij
+                w = w - hij[:, None] * V[i]
+            hn = torch.linalg.vector_norm(w, dim=1)
+            H[:, j + 1, j] = hn
+            V.append(w / hn.clamp_min(torch.finfo(b.dtype).tiny)[:, None])
+            Hj = H[:, : j + 2, : j + 1]  # (B, j+2, j+1)
+            y = torch.linalg.lstsq(Hj, e1[:, : j + 2]).solution  # (B, j+1, 1)
+            res = torch.linalg.vector_norm(e1[:, : j + 2] - Hj @ y, dim=(1, 2))
+            if bool((res <= target).all()):
+                break
+        Vm = torch.stack(V[: y.shape[1]], dim=2)  # (B, n, j+1)
+        x = x + (Vm @ y)[:, :, 0]
+    return x
+
+
+ROOT_FINDERS = {"fixed_point": FixedPoint, "anderson": Anderson, "newton": Newton, "newton_krylov": NewtonKrylov}
+
+
+def get_root_finder(spec, max_iters=None, damping=None) -> AbstractRootFinder:
+    """A root-finder object from a name (with optional ``max_iters``/``damping``) or an object."""
+    if isinstance(spec, AbstractRootFinder):
+        if max_iters is not None or damping is not None:
+            raise ValueError("`max_iters`/`damping` configure a root finder given by name; set them on the root-finder object instead")
+        return spec
+    if not isinstance(spec, str) or spec not in ROOT_FINDERS:
+        raise ValueError(f"`root_finder` must be one of {', '.join(map(repr, ROOT_FINDERS))} (or 'auto', or an AbstractRootFinder), got {spec!r}")
+    kw = {}
+    if max_iters is not None:
+        kw["max_iters"] = max_iters
+    if damping is not None:
+        if spec == "fixed_point":
+            kw["damping"] = damping
+        elif spec == "anderson":
+            kw["beta"] = damping
+        else:
+            raise ValueError(f"`damping` applies to root_finder='fixed_point' or 'anderson', not {spec!r}")
+    return ROOT_FINDERS[spec](**kw)
