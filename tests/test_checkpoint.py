@@ -1,0 +1,156 @@
+"""gradient="checkpoint": the exact discrete gradient, equal to direct backprop to 1e-12."""
+
+import pytest
+import torch
+
+import solvers
+
+torch.set_default_dtype(torch.float64)
+
+EXPLICIT = sorted(n for n, c in solvers.METHODS.items() if not c.implicit)
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+
+
+def _grads(net, gradient, t_list, method, options=None, gradient_options=None, **kw):
+    """Gradients of a loss on two of the outputs w.r.t. y0, t and the net's parameters."""
+    torch.manual_seed(1)
+    y0 = torch.randn(3, 2, requires_grad=True)
+    t = torch.tensor(t_list, requires_grad=True)
+
+    def f(tt, y):  # a plain function: the net is captured, not passed
+        return net(y) * torch.cos(tt)
+
+    sol = solvers.solve(f, y0, t, method=method, options=options, gradient=gradient, gradient_options=gradient_options, rtol=1e-4, atol=1e-6, **kw)
+    loss = (sol.ys[-1] ** 2).sum() + sol.ys[1].sum()
+    return torch.autograd.grad(loss, [y0, t, *net.parameters()]), sol
+
+
+def _rel(a, b):
+    return max(float((x - y).norm() / max(x.norm(), 1e-300)) for x, y in zip(a, b))
+
+
+def _options(name):
+    return None if solvers.METHODS[name].adaptive else dict(step_size=0.1)
+
+
+@pytest.mark.parametrize("t_list", [[0.0, 0.3, 1.0, 1.5], [1.5, 1.05, 0.31, 0.0]], ids=["increasing", "decreasing"])
+@pytest.mark.parametrize("name", EXPLICIT)
+def test_equals_direct(name, t_list):
+    net = _net()
+    gd, sd = _grads(net, "direct", t_list, name, _options(name))
+    gc, sc = _grads(net, "checkpoint", t_list, name, _options(name))
+    assert _rel(gd, gc) <= 1e-12
+    assert float((sd.ys - sc.ys).detach().abs().max()) <= 1e-13  # same steps; rounding-level differences only
+    assert sc.stats.n_checkpoints >= 1
+    assert sc.stats.n_f_evals_backward > 0 and sc.stats.n_steps_backward > 0
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("rk4", dict(step_size=0.1, interp="cubic")),
+        ("midpoint", dict(step_size=0.1, perturb=True)),
+        ("euler", dict(grid_constructor=lambda f, y, t: torch.cat([t[0] + (t[-1] - t[0]) * torch.linspace(0, 1, 7)[:-1], t[-1:]]))),
+        ("dopri5", dict(jump_t=[0.7], step_t=[0.2])),
+        ("adaptive_heun", dict(jump_t=torch.tensor([0.5]))),  # non-FSAL: dense output caches f1
+        ("bosh3", dict(max_step=0.05)),
+    ],
+)
+def test_equals_direct_with_loop_options(name, options):
+    net = _net()
+    gd, _ = _grads(net, "direct", [0.0, 0.3, 1.0, 1.5], name, options)
+    gc, _ = _grads(net, "checkpoint", [0.0, 0.3, 1.0, 1.5], name, options)
+    assert _rel(gd, gc) <= 1e-12
+
+
+@pytest.mark.parametrize("k", [1, 2, 7, 1000])
+def test_number_of_checkpoints(k):
+    net = _net()
+    gd, _ = _grads(net, "direct", [0.0, 1.5], "rk4", dict(step_size=0.05))
+    gc, sc = _grads(net, "checkpoint", [0.0, 1.5], "rk4", dict(step_size=0.05), gradient_options={"checkpoints": k})
+    assert _rel(gd, gc) <= 1e-12
+    assert sc.stats.n_checkpoints == min(k, 30)
+    assert sc.stats.n_steps_backward == 30
+
+
+def test_default_is_sqrt_of_steps():
+    _, sc = _grads(_net(), "checkpoint", [0.0, 1.0], "euler", dict(step_size=0.01))
+    assert sc.stats.n_checkpoints == 10
+
+
+def test_tuple_state():
+    torch.manual_seed(3)
+    W = torch.randn(3, 3, requires_grad=True)
+
+    def f(t, y):
+        z = torch.cat([y[0], y[1]], dim=-1) @ W.T
+        return torch.tanh(z[..., :1]), torch.sin(z[..., 1:]) * t
+
+    a0 = torch.randn(4, 1, requires_grad=True)
+    b0 = torch.randn(4, 2, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.2], requires_grad=True)
+    out = []
+    for mode in ("direct", "checkpoint"):
+        a, b = solvers.solve(f, (a0, b0), t, method="tsit5", gradient=mode).ys
+        out.append(torch.autograd.grad(a.sum() + (b[1] ** 2).sum(), [a0, b0, t, W]))
+    assert _rel(*out) <= 1e-12
+
+
+def test_memory_is_recomputed_not_stored():
+    """The graph of a checkpointed solve holds K states, not the activations of every step."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2))
+    y0 = torch.randn(64, 2, requires_grad=True)
+    t = torch.tensor([0.0, 1.0])
+
+    def saved_bytes(mode):
+        total = [0]
+
+        def pack(x):
+            total[0] += x.numel() * x.element_size()
+            return x
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            solvers.solve(lambda tt, y: net(y), y0, t, method="euler", options=dict(step_size=0.01), gradient=mode)
+        return total[0]
+
+    direct, ckpt = saved_bytes("direct"), saved_bytes("checkpoint")
+    # direct saves >= 2 activations of 64x64 per step (100 steps); checkpointing keeps ~nothing outside segments
+    assert direct >= 100 * 2 * 64 * 64 * 8
+    assert ckpt < direct / 20
+
+
+def test_no_grad_skips_the_replay():
+    net = _net()
+    y0 = torch.randn(3, 2)
+    t = torch.tensor([0.0, 1.0])
+    with torch.no_grad():
+        sc = solvers.solve(lambda tt, y: net(y), y0, t, gradient="checkpoint")
+    sd = solvers.solve(lambda tt, y: net(y), y0, t)
+    assert torch.equal(sc.ys, sd.ys.detach())
+    assert sc.stats.n_f_evals == sd.stats.n_f_evals and sc.stats.n_checkpoints == 0
+
+
+def test_failure_keeps_partial_gradients():
+    net = _net()
+    y0 = torch.randn(3, 2, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 3.0])
+    sols = [solvers.solve(lambda tt, y: net(y), y0, t, method="dopri5", rtol=1e-10, atol=1e-10, options=dict(max_num_steps=8), gradient=m, raise_on_failure=False) for m in ("direct", "checkpoint")]
+    assert all(s.status is solvers.Status.MAX_STEPS for s in sols)
+    assert sols[0].ys.shape == sols[1].ys.shape and sols[1].ys.shape[0] == 2
+    g = [torch.autograd.grad(s.ys.sum(), y0) for s in sols]
+    assert _rel(*g) <= 1e-12
+
+
+@pytest.mark.parametrize("bad, exc", [({"checkpoints": 0}, ValueError), ({"checkpoints": 2.5}, ValueError), ({"segments": 3}, ValueError)])
+def test_bad_options(bad, exc):
+    with pytest.raises(exc, match="checkpoint"):
+        solvers.solve(lambda t, y: -y, torch.ones(2, requires_grad=True), torch.tensor([0.0, 1.0]), gradient="checkpoint", gradient_options=bad)
+
+
+def test_direct_takes_no_gradient_options():
+    with pytest.raises(ValueError, match="gradient_options"):
+        solvers.solve(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, 1.0]), gradient_options={"checkpoints": 2})
