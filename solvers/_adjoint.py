@@ -148,6 +148,37 @@ class _AdjointFunction(torch.autograd.Function):
         return (None, g_y0, g_t, *g_params)
 
 
+class _Augmented:
+    """The backward vector field ``(y, a, *a_p) -> (f, -a^T df/dy, *(-a^T df/dp))``.
+
+    Explicit backward methods only evaluate it: the state is detached and the VJP builds
+    no graph. Implicit methods also differentiate it (the root finder's Jacobian, or its
+    JVPs, of the augmented field); with ``differentiable`` set and grad mode on at the
+    call (the root finder turns it on only for that), the VJP is taken with
+    ``create_graph=True`` on the caller's ``y`` and ``a``, so ``d(a^T df/dy)/dy`` (the
+    field's second derivatives) and ``d/da`` reach the Jacobian instead of zeros.
+    """
+
+    def __init__(self, f: Callable, params: tuple, dtype: torch.dtype):
+        self.f, self.params, self.dtype = f, params, dtype
+        self.differentiable = False
+
+    def __call__(self, u, z):
+        y, a = z[0], z[1]
+        params = self.params
+        graph = self.differentiable and torch.is_grad_enabled()
+        with torch.enable_grad():
+            yv = y if graph and y.requires_grad else y.detach().requires_grad_(True)
+            fy = self.f(u, yv)
+            if fy.requires_grad:
+                grads = torch.autograd.grad(fy, (yv, *params), a, create_graph=graph, allow_unused=True)
+            else:
+                grads = (None,) * (1 + len(params))
+        g_y = torch.zeros_like(y) if grads[0] is None else grads[0]
+        g_p = [torch.zeros(p.shape, dtype=self.dtype, device=y.device) if g is None else g.to(self.dtype) for p, g in zip(params, grads[1:])]
+        return (fy if graph else fy.detach(), -g_y, *[-g for g in g_p])
+
+
 def _backward(bw: _Backward, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.Tensor, need_t: bool):
     """Integrate the augmented system from the last reached output time to ``t[0]``."""
     prob = bw.prob
@@ -158,19 +189,7 @@ def _backward(bw: _Backward, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: tor
     dtype = state.dtype
     f = _state_func(prob.func, prob.shapes)
     stats = prob.stats
-
-    def aug(u, z):
-        y, a = z[0], z[1]
-        with torch.enable_grad():
-            yv = y.detach().requires_grad_(True)
-            fy = f(u, yv)
-            if fy.requires_grad:
-                grads = torch.autograd.grad(fy, (yv, *params), a, allow_unused=True)
-            else:
-                grads = (None,) * (1 + len(params))
-        g_y = torch.zeros_like(y) if grads[0] is None else grads[0]
-        g_p = [torch.zeros(p.shape, dtype=dtype, device=y.device) if g is None else g.to(dtype) for p, g in zip(params, grads[1:])]
-        return (fy.detach(), -g_y, *[-g for g in g_p])
+    aug = _Augmented(f, params, dtype)
 
     grad_ys = grad_ys.to(dtype)
     a = grad_ys[n - 1]
@@ -184,6 +203,7 @@ def _backward(bw: _Backward, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: tor
             opts = dict(bw.options)
             norm_spec = opts.pop("norm", None)
             bprob = make_problem(aug, z0, t_back, method=bw.method, rtol=_aug_tol(bw.rtol, prob, params), atol=_aug_tol(bw.atol, prob, params), options=opts)
+            aug.differentiable = bool(getattr(bprob.method, "implicit", False))
             parts_norm = _make_norm(norm_spec, prob.cfg.norm or rms_norm)
             shapes_b = bprob.shapes
             bprob.cfg.norm = lambda x: parts_norm(split_state(x, shapes_b))
@@ -228,7 +248,8 @@ def _record(stats, bstats, extra_f: int) -> None:
     stats.n_vjp_evals += bstats.n_f_evals
     stats.n_steps_backward += bstats.n_steps
     stats.n_rejected_backward += bstats.n_rejected
-    bstats.n_f_evals = bstats.n_steps = bstats.n_rejected = 0
+    stats.n_backward_root_iters += bstats.n_root_iters  # implicit backward methods
+    bstats.n_f_evals = bstats.n_steps = bstats.n_rejected = bstats.n_root_iters = 0
 
 
 def adjoint_runner(prob: Problem) -> Outcome:
