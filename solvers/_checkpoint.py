@@ -31,7 +31,7 @@ import torch
 import torch.utils.checkpoint as tcp
 
 from ._api import Problem, register_gradient_mode
-from ._integrate import Outcome, _check_finite, _custom_grid, _host_grid, _tracked_grid, integrate, method_hermite
+from ._integrate import Outcome, _check_finite, fixed_grid, integrate, method_hermite
 from ._problem import VectorField
 from ._solution import Stats, Status
 
@@ -77,36 +77,11 @@ class _Counter(VectorField):
 
 def _fixed_plan(field, y0, t, method, cfg):
     """The fixed loop's grid, stage times and outputs, exactly as ``_integrate._fixed``."""
-    tl = t.detach().tolist()
-    cs = method.stage_c
-    s = len(cs)
-    grid = _custom_grid(field, y0, t, cfg) if cfg.grid_constructor is not None else None
-    track = t.requires_grad or (grid is not None and grid.requires_grad)
-    gl = grid.detach().tolist() if grid is not None else _host_grid(tl, cfg)
+    plan = fixed_grid(field, y0, t, method, cfg)
+    if isinstance(plan, Outcome):
+        return plan
+    tl, gl, hs, step_ts, ends, track = plan
     n = len(gl) - 1
-    if n > cfg.max_num_steps:
-        return Outcome([y0], Status.MAX_STEPS, tl[0], f"the grid has {n} steps but max_num_steps={cfg.max_num_steps}")
-    flat = []
-    for a, b in zip(gl, gl[1:]):
-        for cj in cs:
-            if cfg.perturb and cj == 0.0:
-                flat.append(math.nextafter(a, b))
-            elif cfg.perturb and cj == 1.0:
-                flat.append(math.nextafter(b, a))
-            else:
-                flat.append(a + cj * (b - a))
-    times = torch.tensor(flat + gl, dtype=torch.float64, device=y0.device)
-    if track:
-        g = grid if grid is not None else _tracked_grid(t, gl, cfg.step_size is None)
-        hs_t = g[1:] - g[:-1]
-        c_t = torch.tensor(cs, dtype=torch.float64, device=y0.device)
-        moving = torch.cat([(g[:-1, None] + hs_t[:, None] * c_t).reshape(-1), g])
-        times = times + (moving - moving.detach())
-        hs = hs_t.unbind(0)
-    else:
-        hs = [b - a for a, b in zip(gl, gl[1:])]
-    times = times.to(t.dtype).unbind(0)
-    ends = times[n * s :]
     steps, j = [], 1
     for i in range(n):
         t1 = gl[i + 1]
@@ -117,7 +92,7 @@ def _fixed_plan(field, y0, t, method, cfg):
             else:
                 outs.append((j, (t[j] - ends[i]) / hs[i] if track else (tl[j] - gl[i]) / hs[i]))
             j += 1
-        steps.append(_Step(times[i * s : (i + 1) * s], hs[i], t1, outs, end_time=ends[i + 1]))
+        steps.append(_Step(step_ts[i], hs[i], t1, outs, end_time=ends[i + 1]))
     return steps
 
 

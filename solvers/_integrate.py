@@ -122,6 +122,21 @@ _GRID_CACHE_SIZE = 64
 
 
 def _fixed(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) -> Outcome:
+    plan = fixed_grid(field, y0, t, method, cfg)
+    if isinstance(plan, Outcome):
+        return plan
+    return _fixed_loop(field, y0, t, method, cfg, stats, *plan)
+
+
+def fixed_grid(field, y0, t, method: AbstractSolver, cfg: LoopConfig):
+    """The fixed loop's plan ``(tl, gl, hs, step_ts, ends, track)``, or an :class:`Outcome`
+    when the grid has more than ``max_num_steps`` steps.
+
+    ``tl``/``gl``: output times and grid as floats; ``hs``: step sizes; ``step_ts[i]``: the
+    stage times of step ``i`` (0-dim tensors); ``ends``: the grid as tensors; ``track``:
+    whether the times carry gradients with respect to ``t``. Built on the host once, cached
+    for repeated solves on the same untracked ``t``.
+    """
     tl = t.detach().tolist()
     cs = method.stage_c
     s = len(cs)
@@ -134,7 +149,7 @@ def _fixed(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) 
             n = len(gl) - 1
             if n > cfg.max_num_steps:
                 return Outcome([y0], Status.MAX_STEPS, tl[0], f"the grid has {n} steps but max_num_steps={cfg.max_num_steps}")
-            return _fixed_loop(field, y0, t, tl, method, cfg, stats, gl, hs, step_ts, ends, False)
+            return tl, gl, hs, step_ts, ends, False
     grid = _custom_grid(field, y0, t, cfg) if cfg.grid_constructor is not None else None
     track = t.requires_grad or (grid is not None and grid.requires_grad)
     gl = grid.detach().tolist() if grid is not None else _host_grid(tl, cfg)
@@ -156,7 +171,7 @@ def _fixed(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) 
         g = grid if grid is not None else _tracked_grid(t, gl, cfg.step_size is None)
         hs_t = g[1:] - g[:-1]
         c_t = torch.tensor(cs, dtype=torch.float64, device=y0.device)
-        moving = torch.cat([(g[:-1, None] + hs_t[:, None] * c_t).reshape(-1), g])
+        moving = torch.cat([(g[:-1, None] + hs_t[:, None] * c_t).reshape(-1), g])  # (n*s + n+1,)
         times = times + (moving - moving.detach())
         hs = hs_t.unbind(0)
     else:
@@ -168,10 +183,10 @@ def _fixed(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) 
         if len(_GRID_CACHE) >= _GRID_CACHE_SIZE:
             _GRID_CACHE.clear()
         _GRID_CACHE[key] = (gl, hs, step_ts, ends)
-    return _fixed_loop(field, y0, t, tl, method, cfg, stats, gl, hs, step_ts, ends, track)
+    return tl, gl, hs, step_ts, ends, track
 
 
-def _fixed_loop(field, y0, t, tl, method, cfg, stats, gl, hs, step_ts, ends, track) -> Outcome:
+def _fixed_loop(field, y0, t, method, cfg, stats, tl, gl, hs, step_ts, ends, track) -> Outcome:
     n = len(gl) - 1
     cubic = cfg.interp == "cubic"
     outs = [y0]
