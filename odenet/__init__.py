@@ -1,0 +1,76 @@
+"""odenet: one vector field trained as a ResNet, an implicit ResNet or a Neural ODE.
+
+The pieces, bottom up:
+
+- vector fields (``nn.Module`` with ``forward(t, x)``): :class:`MLPField`,
+  :class:`ConvField`, time-conditioned by concatenation or FiLM, and
+  :class:`LayerwiseField` (piecewise constant in time: an untied ResNet);
+- :class:`ODEBlock`: integrates a field from 0 to ``t1`` with a swappable solver
+  (``configure`` / ``using``);
+- classifiers :class:`ImageClassifier`, :class:`MLPClassifier` and :func:`build_model`;
+- data (:func:`load_dataset`: digits, circles, spirals; no downloads), training
+  (:func:`train`, :func:`fit`, resumable atomic checkpoints, DDP under ``torchrun``),
+  robustness (:func:`fgsm`, :func:`accuracy_vs_epsilon`) and the ``odenet compare``
+  main job (:func:`compare`).
+
+The command line is ``odenet train`` / ``odenet compare`` (or ``python -m odenet``).
+"""
+
+from ._block import SOLVER_KEYS, ODEBlock
+from ._compare import CompareConfig, compare, format_table
+from ._data import DATASETS, DataBundle, iterate_batches, load_dataset
+from ._fields import ACTIVATIONS, TIME_MODES, ConvField, LayerwiseField, MLPField, spectral_normalize
+from ._io import CheckpointError, load_checkpoint, save_checkpoint
+from ._models import MODEL_KINDS, ImageClassifier, MLPClassifier, build_model
+from ._robust import accuracy_vs_epsilon, fgsm, fgsm_accuracy, noise_accuracy
+from ._train import (VIEWS, TrainConfig, TrainingError, TrainResult, build_view_model, evaluate, fit,
+                     load_model, set_seed, solver_config_for, train)
+
+__all__ = [
+    # fields and the block
+    "MLPField",
+    "ConvField",
+    "LayerwiseField",
+    "spectral_normalize",
+    "ACTIVATIONS",
+    "TIME_MODES",
+    "ODEBlock",
+    "SOLVER_KEYS",
+    # models
+    "ImageClassifier",
+    "MLPClassifier",
+    "build_model",
+    "MODEL_KINDS",
+    # data
+    "load_dataset",
+    "DataBundle",
+    "DATASETS",
+    "iterate_batches",
+    # training
+    "VIEWS",
+    "solver_config_for",
+    "build_view_model",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
+    "train",
+    "fit",
+    "evaluate",
+    "load_model",
+    "set_seed",
+    # checkpoints
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    # robustness
+    "fgsm",
+    "fgsm_accuracy",
+    "accuracy_vs_epsilon",
+    "noise_accuracy",
+    # the main job
+    "CompareConfig",
+    "compare",
+    "format_table",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,317 @@
+"""The ODE block: integrate a vector field from 0 to ``t1`` with a swappable solver.
+
+One :class:`ODEBlock` holds a vector field (the weights) and a solver configuration
+(method, steps, tolerances, gradient mode, options). The configuration can be changed on
+a trained model without touching the weights, permanently with :meth:`ODEBlock.configure`
+or temporarily with :meth:`ODEBlock.using`::
+
+    block = ODEBlock(field, method="euler", steps=10)     # a weight-tied ResNet
+    with block.using(method="dopri5", rtol=1e-6):         # the same weights as a Neural ODE
+        y = block(x)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+import solvers
+
+from ._fields import LayerwiseField
+
+__all__ = ["ODEBlock", "SOLVER_KEYS"]
+
+#: The solver-configuration keys of an :class:`ODEBlock` (also accepted by the models).
+SOLVER_KEYS = ("method", "t1", "steps", "rtol", "atol", "gradient", "options")
+
+
+def _positive(name: str, v, *, allow_zero: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"`{name}` must be a number, got {v!r} ({type(v).__name__})")
+    v = float(v)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"`{name}` must be a {'non-negative' if allow_zero else 'positive'} finite number, got {v}")
+    return v
+
+
+def _parametrized(module: nn.Module) -> List[tuple]:
+    """``(submodule, tensor name)`` of every parametrised tensor inside ``module``."""
+    return [(m, name) for m in module.modules() if parametrize.is_parametrized(m)
+            for name in m.parametrizations.keys()]
+
+
+def _sum_stats(parts: List[solvers.Stats]) -> solvers.Stats:
+    """Add up the counters of several solves (``max_root_iters`` takes the maximum)."""
+    total = solvers.Stats()
+    for f in dataclasses.fields(total):
+        vals = [getattr(p, f.name) for p in parts]
+        setattr(total, f.name, max(vals) if f.name.startswith("max_") else sum(vals))
+    return total
+
+
+class ODEBlock(nn.Module):
+    """Integrate ``dx/dt = field(t, x)`` from ``t = 0`` to ``t1``; return ``x(t1)``.
+
+    Parameters
+    ----------
+    field : nn.Module
+        The vector field, called as ``field(t, x)`` with ``t`` a 0-dim float64 tensor.
+    method : str
+        A name from ``solvers.METHODS`` (``"euler"``, ``"rk4"``, ``"dopri5"``, implicit
+        methods, ...).
+    t1 : float, optional
+        End time of the integration; defaults to the field's ``t1`` for a
+        :class:`~odenet.LayerwiseField` and to 1.0 otherwise.
+    steps : int, optional
+        Number of steps over ``[0, t1]`` for fixed-step (explicit or implicit) methods:
+        step size ``t1 / steps``. Required for them unless ``options`` holds
+        ``step_size`` or ``grid_constructor``. Adaptive methods do not use it (it is kept,
+        so switching back to a fixed-step method restores it).
+    rtol, atol : float
+        Tolerances of adaptive methods.
+    gradient : str
+        ``"direct"`` (backprop through the steps), ``"adjoint"`` (continuous adjoint, the
+        field's parameters are passed to the solver) or ``"checkpoint"``.
+    options : dict, optional
+        Further solver options (see ``solvers.solve``), e.g. ``max_num_steps`` or
+        ``root_finder`` for implicit methods.
+
+    Attributes
+    ----------
+    last_stats : solvers.Stats or None
+        Counters of the latest forward solve; its backward fields fill in after
+        ``loss.backward()``.
+
+    Notes
+    -----
+    With a :class:`~odenet.LayerwiseField` the block integrates in one solve when the
+    method is forward Euler (or another explicit fixed-step method whose stages all lie
+    strictly inside the step) on a grid aligned with the block boundaries (``steps`` a
+    multiple of the number of blocks). Otherwise it solves interval by interval, each
+    block on its own: no step ever mixes two blocks, so RK4, implicit and adaptive methods
+    integrate the piecewise-constant field exactly as the ODE it defines, and
+    ``last_stats`` is the sum over the intervals.
+    """
+
+    def __init__(self, field: nn.Module, *, method: str = "dopri5", t1: Optional[float] = None, steps: Optional[int] = None,
+                 rtol: float = 1e-3, atol: float = 1e-4, gradient: str = "direct", options: Optional[dict] = None):
+        super().__init__()
+        if not isinstance(field, nn.Module):
+            raise TypeError(f"`field` must be an nn.Module with forward(t, x), got {type(field).__name__}")
+        self.field = field
+        self._cfg: Dict[str, Any] = {}
+        self._stats: List[solvers.Stats] = []
+        self._times: Dict[Any, torch.Tensor] = {}
+        if t1 is None:
+            t1 = field.t1 if isinstance(field, LayerwiseField) else 1.0
+        self.configure(method=method, t1=t1, steps=steps, rtol=rtol, atol=atol, gradient=gradient, options=options)
+
+    # ------------------------------------------------------------------ configuration
+
+    def _validated(self, kw: Dict[str, Any]) -> Dict[str, Any]:
+        unknown = sorted(set(kw) - set(SOLVER_KEYS))
+        if unknown:
+            raise TypeError(f"unknown solver setting(s) {unknown}; valid: {', '.join(SOLVER_KEYS)}")
+        cfg = dict(self._cfg)
+        cfg.update(kw)
+        method = cfg["method"]
+        if not isinstance(method, str) or method not in solvers.METHODS:
+            raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(sorted(solvers.METHODS))}")
+        cfg["t1"] = _positive("t1", cfg["t1"])
+        steps = cfg["steps"]
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"`steps` must be a positive int or None, got {steps!r}")
+        cfg["rtol"] = _positive("rtol", cfg["rtol"])
+        cfg["atol"] = _positive("atol", cfg["atol"], allow_zero=True)
+        if cfg["gradient"] not in solvers.GRADIENT_MODES:
+            raise ValueError(f"unknown gradient mode {cfg['gradient']!r}; valid: {', '.join(sorted(solvers.GRADIENT_MODES))}")
+        options = cfg["options"]
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(f"`options` must be a dict or None, got {type(options).__name__}")
+        cfg["options"] = dict(options) if options else None
+        opts = cfg["options"] or {}
+        cls = solvers.METHODS[method]
+        if not cls.adaptive:
+            own = "step_size" in opts or "grid_constructor" in opts
+            if steps is None and not own:
+                raise ValueError(
+                    f"method {method!r} takes fixed steps: give `steps` (number of steps over [0, t1], "
+                    f"e.g. steps=10) or options=dict(step_size=...)")
+            if steps is not None and own:
+                raise ValueError("give either `steps` or options['step_size'/'grid_constructor'], not both")
+        if isinstance(self.field, LayerwiseField) and abs(cfg["t1"] - self.field.t1) > 1e-12 * self.field.t1:
+            raise ValueError(f"ODEBlock t1={cfg['t1']} must equal the LayerwiseField's t1={self.field.t1}")
+        return cfg
+
+    def configure(self, **kw) -> "ODEBlock":
+        """Change any of ``method, t1, steps, rtol, atol, gradient, options`` in place.
+
+        All settings are validated together before any is applied; weights are untouched.
+
+        Returns
+        -------
+        ODEBlock
+            ``self``, for chaining.
+        """
+        self._cfg = self._validated(kw)
+        return self
+
+    @contextlib.contextmanager
+    def using(self, **kw) -> Iterator["ODEBlock"]:
+        """Context manager: :meth:`configure` with ``kw`` inside, restore on exit."""
+        saved = dict(self._cfg)
+        self.configure(**kw)
+        try:
+            yield self
+        finally:
+            self._cfg = saved
+
+    def solver_config(self) -> Dict[str, Any]:
+        """The current solver configuration as a plain dict (a copy)."""
+        cfg = dict(self._cfg)
+        cfg["options"] = dict(cfg["options"]) if cfg["options"] else None
+        return cfg
+
+    # ------------------------------------------------------------------ statistics
+
+    @property
+    def last_stats(self) -> Optional[solvers.Stats]:
+        """``solvers.Stats`` of the latest forward (summed over intervals if split)."""
+        if not self._stats:
+            return None
+        return self._stats[0] if len(self._stats) == 1 else _sum_stats(self._stats)
+
+    def _need_stats(self) -> solvers.Stats:
+        st = self.last_stats
+        if st is None:
+            raise RuntimeError("no forward pass has run on this ODEBlock yet; call it on a batch first")
+        return st
+
+    @property
+    def nfe_forward(self) -> int:
+        """Vector-field evaluations of the latest forward solve."""
+        return self._need_stats().n_f_evals
+
+    @property
+    def nfe_backward(self) -> int:
+        """Vector-field evaluations plus vector-Jacobian products of the latest backward.
+
+        Zero until ``backward`` has run through the latest forward's output (and for
+        gradient modes where the solver reports no backward work).
+        """
+        st = self._need_stats()
+        return st.n_f_evals_backward + st.n_vjp_evals
+
+    # ------------------------------------------------------------------ solving
+
+    def _time(self, a: float, b: float, device) -> torch.Tensor:
+        key = (a, b, device)
+        t = self._times.get(key)
+        if t is None:
+            t = torch.tensor([a, b], dtype=torch.float64, device=device)
+            if len(self._times) > 256:
+                self._times.clear()
+            self._times[key] = t
+        return t
+
+    def _single_solve_ok(self, cls) -> bool:
+        """Whether a LayerwiseField can be integrated in one solve without mixing blocks."""
+        cfg = self._cfg
+        opts = cfg["options"] or {}
+        return (not cls.adaptive and not cls.implicit and cfg["steps"] is not None
+                and "grid_constructor" not in opts and cfg["steps"] % len(self.field) == 0
+                and max(cls.stage_c) < 1.0)
+
+    def _solve(self, func, module: nn.Module, x, a: float, b: float, cls):
+        cfg = self._cfg
+        opts = dict(cfg["options"]) if cfg["options"] else {}
+        if not cls.adaptive and cfg["steps"] is not None:
+            opts["step_size"] = cfg["t1"] / cfg["steps"]
+        params = [p for p in module.parameters() if p.requires_grad] if cfg["gradient"] != "direct" else None
+        # The block reads only the final state, so it checks that one itself (see _check_finite)
+        # instead of letting the solver stack and scan every output.
+        opts.setdefault("check_finite", False)
+        sol = solvers.solve(func, x, self._time(a, b, x.device), method=cfg["method"], rtol=cfg["rtol"],
+                            atol=cfg["atol"], options=opts, gradient=cfg["gradient"], params=params)
+        return sol
+
+    def _check_finite(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Raise ``solvers.NonFiniteStateError`` if ``y`` holds NaN or inf (one host sync).
+
+        ``isfinite(sum(y))`` is exact as a test for "all finite" except when a sum of finite
+        values overflows, which the full test then rules out; it costs one reduction instead
+        of a boolean copy of the state. A non-finite state at any step of a solve propagates
+        to the final state, so checking the output is as strict as checking every output.
+        """
+        if self._cfg["options"] and self._cfg["options"].get("check_finite") is False:
+            return y
+        with torch.no_grad():
+            if bool(torch.isfinite(y.sum())) or bool(torch.isfinite(y).all()):
+                return y
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError("the ODEBlock's input contains NaN or inf; the initial state must be finite")
+        cfg = self._cfg
+        raise solvers.NonFiniteStateError(
+            f"{solvers.Status.NON_FINITE.value} The state at t1={cfg['t1']:g} is non-finite "
+            f"(method {cfg['method']!r}" + (f", steps={cfg['steps']})" if cfg["steps"] else ")"), t=cfg["t1"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Integrate from ``x`` at ``t = 0`` to ``t1`` and return the state (shape of ``x``).
+
+        Raises
+        ------
+        solvers.SolverError
+            A subclass naming the numerical failure (non-finite state, step-size
+            underflow, too many steps, implicit solve not converging).
+        """
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"ODEBlock expects a floating-point tensor, got {type(x).__name__}"
+                            + (f" of dtype {x.dtype}" if isinstance(x, torch.Tensor) else ""))
+        params = _parametrized(self.field)
+        if not params:
+            return self._forward(x)
+        # Parametrised weights (spectral norm) are computed once per forward instead of once
+        # per field evaluation: cheaper, and the field stays the same function during the
+        # solve (in training mode spectral norm refines its power iteration at every access,
+        # which would hand an implicit method's root finder a moving target).
+        with parametrize.cached():
+            for module, name in params:  # fill the cache with grad enabled (graph-connected)
+                getattr(module, name)
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0 = x
+        cls = solvers.METHODS[self._cfg["method"]]
+        field = self.field
+        if isinstance(field, LayerwiseField) and not self._single_solve_ok(cls):
+            stats = []
+            for k in range(len(field)):
+                a, b = field.interval(k)
+                piece = field.piece(k)
+                sol = self._solve(piece, piece, x, a, b, cls)
+                stats.append(sol.stats)
+                x = sol.ys[-1]
+            self._stats = stats
+            return self._check_finite(x0, x)
+        func = field.as_function() if isinstance(field, LayerwiseField) else field
+        sol = self._solve(func, field, x, 0.0, self._cfg["t1"], cls)
+        self._stats = [sol.stats]
+        return self._check_finite(x0, sol.ys[-1])
+
+    def extra_repr(self) -> str:
+        cfg = self._cfg
+        s = f"method={cfg['method']!r}, t1={cfg['t1']}"
+        if cfg["steps"] is not None:
+            s += f", steps={cfg['steps']}"
+        if solvers.METHODS[cfg["method"]].adaptive:
+            s += f", rtol={cfg['rtol']:g}, atol={cfg['atol']:g}"
+        s += f", gradient={cfg['gradient']!r}"
+        if cfg["options"]:
+            s += f", options={cfg['options']!r}"
+        return s

@@ -1,0 +1,225 @@
+"""The ``odenet`` command line: ``odenet train`` and ``odenet compare``.
+
+Run ``odenet --help`` (or ``python -m odenet --help``). Bad input (unknown names,
+mismatched or corrupt checkpoints, ...) is reported in one line without a
+traceback (set ``ODENET_DEBUG=1`` to see it) and exits with status 2; a numerical failure during training exits
+with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+_VIEWS = ("resnet", "implicit", "node")
+_DATASETS = ("digits", "circles", "spirals")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _name_list(choices: Sequence[str]):
+    def parse(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        bad = [n for n in names if n not in choices]
+        if not names or bad:
+            raise argparse.ArgumentTypeError(
+                f"unknown name(s) {bad or [text]}; use a comma-separated list from {', '.join(choices)}")
+        return names
+    return parse
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0,0.05,0.1, got {text!r}") from None
+    if not values or any(not v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative numbers, got {text!r}")
+    return values
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="digits", choices=_DATASETS,
+                   help="dataset (default: digits, scikit-learn's bundled 8x8 images)")
+    p.add_argument("--epochs", type=_positive_int, help="number of epochs")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="batch size (default 64)")
+    p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    p.add_argument("--width", type=_positive_int, default=32,
+                   help="channels of the conv field / hidden units of the MLP field (default 32)")
+    p.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"),
+                   help="where to train (default: auto = cuda if available)")
+    p.add_argument("--limit-train", type=_positive_int, default=None,
+                   help="use only the first N training samples")
+    p.add_argument("--limit-test", type=_positive_int, default=None,
+                   help="use only the first N test samples")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--spectral-norm", action="store_true",
+                   help="spectrally normalise the field's layers (bounds its Lipschitz constant, "
+                        "which keeps the implicit view's root finding well-posed)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``odenet``."""
+    parser = argparse.ArgumentParser(
+        prog="odenet",
+        description="Train one vector field as a ResNet, an implicit ResNet or a Neural ODE.")
+    sub = parser.add_subparsers(dest="command", metavar="{train,compare}")
+    sub.required = True
+
+    tr = sub.add_parser(
+        "train", help="train one model view",
+        description="Train one view of the shared field architecture. resnet = Euler with "
+                    "fixed steps; implicit = backward Euler with a root finder; node = "
+                    "dopri5 with the adjoint. Runs under torchrun --nproc_per_node=N with "
+                    "DistributedDataParallel.")
+    tr.add_argument("--model", default="resnet", choices=_VIEWS, help="model view (default resnet)")
+    _common(tr)
+    tr.set_defaults(epochs=5)
+    tr.add_argument("--out", default="runs/train",
+                    help="directory for metrics.csv, metrics.json, checkpoint.pt (default runs/train)")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue from OUT/checkpoint.pt up to --epochs")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="start afresh even if OUT already holds a checkpoint")
+    tr.add_argument("--augment", type=_nonneg_int, default=0,
+                    help="extra zero-initialised state channels (default 0)")
+    tr.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default 0)")
+    g = tr.add_argument_group("solver overrides (default: the view's settings)")
+    g.add_argument("--method", help="integration method, e.g. euler, rk4, dopri5, implicit_euler")
+    g.add_argument("--steps", type=_positive_int, help="number of fixed steps over [0, t1]")
+    g.add_argument("--rtol", type=_positive_float, help="relative tolerance (adaptive methods)")
+    g.add_argument("--atol", type=_positive_float, help="absolute tolerance (adaptive methods)")
+    g.add_argument("--gradient", choices=("direct", "adjoint", "checkpoint"),
+                   help="how gradients are computed")
+    g.add_argument("--root-finder", choices=("fixed_point", "anderson", "newton", "newton_krylov"),
+                   help="root finder of implicit methods")
+
+    cp = sub.add_parser(
+        "compare", help="train the three views from one initialisation and compare them",
+        description="Train the explicit ResNet (Euler), the implicit ResNet (backward Euler) "
+                    "and the Neural ODE (dopri5 + adjoint) from the same initial weights; "
+                    "print one table (accuracy, time, function evaluations, memory, FGSM, "
+                    "cross-solver accuracy) and write results.json and PNGs into --out.")
+    _common(cp)
+    cp.set_defaults(epochs=None, device="cpu")
+    cp.add_argument("--models", type=_name_list(_VIEWS), default=list(_VIEWS),
+                    help="comma-separated views to train (default resnet,implicit,node)")
+    cp.add_argument("--solvers", type=_name_list(_VIEWS), default=None,
+                    help="comma-separated views every model is also evaluated under (default all)")
+    cp.add_argument("--epsilons", type=_float_list, default=None,
+                    help="FGSM sizes as fractions of the input range (default 0,0.02,0.05,0.1)")
+    cp.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
+    cp.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    return parser
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from ._train import TrainConfig, train
+
+    cfg = TrainConfig(model=args.model, data=args.data, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                      seed=args.seed, width=args.width, augment=args.augment, spectral_norm=args.spectral_norm, out=args.out,
+                      device=args.device, resume=args.resume, overwrite=args.overwrite,
+                      quiet=args.quiet, limit_train=args.limit_train, limit_test=args.limit_test,
+                      method=args.method, steps=args.steps, rtol=args.rtol, atol=args.atol,
+                      gradient=args.gradient, root_finder=args.root_finder)
+    result = train(cfg)
+    if not args.quiet and result.metrics and _is_main_process():
+        last = result.metrics[-1]
+        print(f"done: test accuracy {100 * last['test_acc']:.2f}% after {last['epoch']} epoch(s); "
+              f"outputs in {result.out}")
+    return 0
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from ._compare import CompareConfig, compare
+
+    kw = dict(data=args.data, models=args.models, solvers=args.solvers, batch_size=args.batch_size,
+              lr=args.lr, seed=args.seed, width=args.width, limit_train=args.limit_train,
+              limit_test=args.limit_test, device=args.device, out=args.out, quiet=args.quiet,
+              plots=not args.no_plots, spectral_norm=args.spectral_norm)
+    if args.epochs is not None:
+        kw["epochs"] = args.epochs
+    if args.epsilons is not None:
+        kw["epsilons"] = args.epsilons
+    report = compare(CompareConfig(**kw))
+    if report.get("failed"):
+        print(f"odenet compare: training failed for {', '.join(report['failed'])} "
+              "(see the notes under the table)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``odenet`` and ``python -m odenet``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ._io import CheckpointError
+    from ._train import TrainingError
+
+    try:
+        import solvers
+
+        numeric_errors: tuple[type, ...] = (TrainingError, solvers.SolverError)
+    except (ImportError, AttributeError):  # pragma: no cover
+        numeric_errors = (TrainingError,)
+    try:
+        if args.command == "train":
+            return _run_train(args)
+        return _run_compare(args)
+    except (ValueError, TypeError, CheckpointError) as exc:
+        if os.environ.get("ODENET_DEBUG"):
+            raise
+        print(f"odenet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except numeric_errors as exc:
+        print(f"odenet {args.command}: numerical failure: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"odenet {args.command}: interrupted; rerun with --resume to continue from the "
+              "last checkpoint" if args.command == "train" else
+              f"odenet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
