@@ -38,6 +38,7 @@ import torch
 
 from ._base import AbstractImplicitSolver, AbstractSolver, StepResult, lincomb
 from ._ift import solve_stage
+from ._problem import VectorField
 from ._registry import register_method
 from ._root import AbstractRootFinder, BatchView, Newton, NewtonKrylov, Tolerance, get_root_finder
 from ._tableau import ButcherTableau
@@ -120,14 +121,17 @@ class _ESDIRKMixin:
         view = BatchView(y0, per_sample=getattr(finder, "per_sample", True))
         tol = self._tolerance(func, view, y0)
         explicit = finder.explicit_predictor if self._predictor == "auto" else self._predictor == "explicit"
-        cache: dict = {}
+        cache = _solve_cache(func)
+        new_step = getattr(finder, "new_step", None)
+        if new_step is not None:
+            new_step(cache, y0)
         ks, z = [f0], y0
         for i in range(1, len(self._rows)):
             terms = self._rows[i]
             ci = lincomb(y0, h, terms, ks) if terms else y0
             gamma = self._diag[i] * h
             x0 = ci + gamma * ks[-1] if explicit else z
-            z, res = solve_stage(func, ts[i], ci, gamma, x0, finder, tol, view, func_stats(func), cache, key=self._diag[i])
+            z, res = solve_stage(func, ts[i], ci, gamma, x0, finder, tol, view, func_stats(func), cache, key="stage")
             if not res.ok:
                 info = {"stage": i, "root_finder": finder.name, "iterations": res.iterations, "residual": f"{res.residual:.3g}", "reason": res.reason}
                 return StepResult(y0, y0, f0, None, None, ks, h, ts, ok=False, info=info, func=func)
@@ -138,6 +142,22 @@ class _ESDIRKMixin:
             y1, f1 = lincomb(y0, h, self._b, ks), None
         err = lincomb(None, h, self._e, ks) if self._e else None
         return StepResult(y0, y1, f0, f1, err, ks, h, ts, func=func)
+
+
+def _solve_cache(func) -> dict:
+    """The per-solve cache of the root finder (Newton's Jacobian and LU), shared by the
+    stages and steps of one solve.
+
+    It lives on the solve's :class:`~solvers._problem.VectorField` (a fresh object per solve),
+    not on the method (rule 7 of :mod:`solvers._base`). A bare callable (direct use of
+    ``step``) gets a fresh dict per step, shared by that step's stages only.
+    """
+    if not isinstance(func, VectorField):
+        return {}
+    cache = getattr(func, "_root_cache", None)
+    if cache is None:
+        cache = func._root_cache = {}
+    return cache
 
 
 def func_stats(func):

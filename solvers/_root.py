@@ -110,13 +110,19 @@ class _Monitor:
         self.stalls = torch.zeros(B, dtype=torch.int64, device=device)
         self.res = torch.full((B,), math.inf, dtype=torch.float64, device=device)
         self.divergence_rate = divergence_rate
+        self.rate_scale: Optional[torch.Tensor] = None
 
     def update(self, dx: torch.Tensor, r: torch.Tensor, scale: torch.Tensor) -> bool:
         """Record one iteration (update ``dx``, residual ``r``); return True if any is active."""
         d = scaled_rms(dx, scale)
-        raw = torch.linalg.vector_norm(dx, dim=1)  # rates are measured in a fixed norm
-        raw_r = torch.linalg.vector_norm(r, dim=1)
         res = scaled_rms(r, scale)
+        if self.rate_scale is None:
+            self.rate_scale = scale
+        # rates are measured in a fixed norm: scaled by the first iteration's tolerance, so
+        # that a slowly contracting small component (a stiff direction under an old
+        # Jacobian) is not hidden behind a fast contracting large one
+        raw = d if self.rate_scale is scale else scaled_rms(dx, self.rate_scale)
+        raw_r = res if self.rate_scale is scale else scaled_rms(r, self.rate_scale)
         self.res = torch.where(self.active, res.to(self.res.dtype), self.res)
         finite = torch.isfinite(d) & torch.isfinite(res)
         nan = torch.full_like(d, math.nan)
@@ -272,14 +278,48 @@ class Anderson(AbstractRootFinder):
         return mon.result(x, k, self.max_iters)
 
 
+class _JacobianState:
+    """Newton's Jacobian ``J_G`` (at ``gamma_j``) and the LU of ``I - (gamma/gamma_j) J_G``.
+
+    Lives in the per-solve cache dict that the caller passes to :meth:`Newton.solve` (the
+    ESDIRK stepper keeps that dict on the solve's vector field), never on the finder.
+    """
+
+    __slots__ = ("J", "gamma_j", "lu", "gamma_lu", "like", "step_y0", "fresh_in_step")
+
+    def __init__(self, like: torch.Tensor):
+        self.like = (like.shape, like.dtype, like.device)
+        self.J = self.lu = self.gamma_j = self.gamma_lu = None
+        self.step_y0 = None  # the state the current step started from (identity, no sync)
+        self.fresh_in_step = False  # J was evaluated during the current step (attempt)
+
+    def matches(self, x: torch.Tensor) -> bool:
+        return self.like == (x.shape, x.dtype, x.device)
+
+    def drop(self):
+        self.J = self.lu = self.gamma_j = self.gamma_lu = None
+
+
+def _same(a, b) -> bool:
+    """``a == b`` for step factors without a host sync (tensors: only the same object)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return a is b
+    return a == b
+
+
 class Newton(AbstractRootFinder):
     """Simplified Newton with per-sample dense Jacobians (batched LU), for small states.
 
     The Jacobian of ``G`` is formed per sample (``n`` vector-Jacobian products of the
-    whole batch, vectorised), factorised once (``I - J_G``, batched LU), reused across
-    iterations and across the stages of a step that share it, and refreshed when the
-    contraction rate exceeds ``refresh_rate``. With ``per_sample=False`` the whole state is
-    one sample (a dense Jacobian of the full batch; only sensible for tiny batches).
+    whole batch, vectorised) and ``I - J_G`` factorised (batched LU). Stiff-code reuse:
+    for a stage equation ``x = c + gamma f(t, x)`` the Jacobian of ``f`` is kept in the
+    per-solve ``cache`` and reused by every stage and across steps; ``I - gamma J_f`` is
+    refactorised only when ``gamma`` (``h a_ii``) changes, i.e. once per step of an ESDIRK.
+    A new Jacobian is evaluated (at the current iterate) when the contraction rate with an
+    old one exceeds ``refresh_rate``; a solve that fails with an old Jacobian is restarted
+    once from its initial guess with a fresh one; and :meth:`new_step` drops a Jacobian
+    that is older than a step that was rejected. With ``per_sample=False`` the whole state
+    is one sample (a dense Jacobian of the full batch; only sensible for tiny batches).
 
     When the field couples samples (e.g. batch norm) the per-sample Jacobian is only the
     block diagonal: Newton then converges more slowly but the test is on the true update.
@@ -294,25 +334,66 @@ class Newton(AbstractRootFinder):
         self.refresh_rate = _positive_float("refresh_rate", refresh_rate)
         self.per_sample = bool(per_sample)
 
+    @staticmethod
+    def new_step(cache: dict, y0: torch.Tensor) -> None:
+        """Tell the per-solve state that a step from ``y0`` starts.
+
+        The adaptive loop retries a rejected step from the same ``y0`` object; if the
+        Jacobian used by the rejected attempt was older than that attempt, drop it.
+        """
+        js = cache.get("newton_jac")
+        if js is None:
+            return
+        if js.step_y0 is y0 and not js.fresh_in_step:
+            js.drop()
+        if js.step_y0 is not y0:
+            js.fresh_in_step = False
+        js.step_y0 = y0
+
     def solve(self, eq, x0, tol, stats, cache=None):
-        cache = {} if cache is None else cache
+        gamma = getattr(eq, "gamma", None)
+        shared = cache is not None and eq.key is not None and gamma is not None
+        js = cache.get("newton_jac") if shared else None
+        if js is None or not js.matches(x0):
+            js = _JacobianState(x0)
+            if shared:
+                cache["newton_jac"] = js
+        if not shared:
+            gamma = 1.0  # the LU is of I - J_G itself
+        old = js.J is not None
+        res, computed_first = self._iterate(eq, x0, tol, stats, js, gamma)
+        if not res.ok and old and not computed_first:
+            # failed with a Jacobian from earlier: refresh it at the initial guess and retry once
+            js.drop()
+            res2, _ = self._iterate(eq, x0, tol, stats, js, gamma)
+            res2.iterations += res.iterations
+            return res2
+        return res
+
+    def _factor(self, js: _JacobianState, gamma):
+        J = js.J if _same(gamma, js.gamma_j) else js.J * (gamma / js.gamma_j)
+        n = J.shape[1]
+        js.lu = torch.linalg.lu_factor(torch.eye(n, dtype=J.dtype, device=J.device) - J)
+        js.gamma_lu = gamma
+
+    def _iterate(self, eq, x0, tol, stats, js: _JacobianState, gamma):
         x = x0
-        n = x.shape[1]
         mon = _Monitor(x.shape[0], x.device, self.divergence_rate)
-        lu = cache.get(("lu", eq.key)) if eq.key is not None else None
-        fresh = False
+        fresh = computed_first = False
         k = 0
         for k in range(1, self.max_iters + 1):
-            if lu is None:
-                g, J = eq.jacobian(x)  # (B, n), (B, n, n)
+            if js.J is None:
+                g, js.J = eq.jacobian(x)  # (B, n), (B, n, n)
+                js.gamma_j = gamma
                 stats.n_jac_evals += 1
-                M = torch.eye(n, dtype=J.dtype, device=J.device) - J
-                lu = torch.linalg.lu_factor(M)
-                fresh = True
-                if eq.key is not None:
-                    cache[("lu", eq.key)] = lu
+                self._factor(js, gamma)
+                fresh = js.fresh_in_step = True
+                computed_first = computed_first or k == 1
             else:
+                if js.lu is None or not _same(gamma, js.gamma_lu):
+                    self._factor(js, gamma)
                 g = eq.G(x)
+            lu = js.lu
             r = g - x
             act = mon.active
             if bool(act.all()):
@@ -328,9 +409,9 @@ class Newton(AbstractRootFinder):
             if not more:
                 break
             if not fresh and bool((mon.rate[mon.active] > self.refresh_rate).any()):
-                lu = None  # slow convergence with an old Jacobian: refresh it at x
+                js.drop()  # slow convergence with an old Jacobian: refresh it at x
             fresh = False
-        return mon.result(x, k, self.max_iters)
+        return mon.result(x, k, self.max_iters), computed_first
 
 
 class NewtonKrylov(AbstractRootFinder):

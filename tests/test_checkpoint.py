@@ -5,7 +5,15 @@ import torch
 
 import solvers
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """These tests build float64 tensors by default; restore the default afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 EXPLICIT = sorted(n for n, c in solvers.METHODS.items() if not c.implicit)
 
