@@ -131,6 +131,26 @@ def _custom_grid(field, y0, t, cfg: LoopConfig) -> torch.Tensor:
 #: ``t`` (a ResNet forward): key -> (gl, hs, per-step stage-time tuples, step-start times).
 _GRID_CACHE: dict = {}
 _GRID_CACHE_SIZE = 64
+#: Grids up to this many steps are unbound eagerly into per-step stage-time tuples and cached.
+_EAGER_STEPS = 256
+
+
+class _Rows:
+    """Row ``i`` of a flat times tensor, made on demand: a tuple of ``s`` 0-dim views
+    (``s=None``: the ``i``-th 0-dim view itself)."""
+
+    __slots__ = ("times", "s")
+
+    def __init__(self, times: torch.Tensor, s):
+        self.times, self.s = times, s
+
+    def __len__(self) -> int:
+        return self.times.shape[0] // (self.s or 1)
+
+    def __getitem__(self, i: int):
+        if self.s is None:
+            return self.times[i]
+        return self.times[i * self.s : (i + 1) * self.s].unbind(0)
 
 
 def _fixed(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) -> Outcome:
@@ -188,7 +208,12 @@ def fixed_grid(field, y0, t, method: AbstractSolver, cfg: LoopConfig):
         hs = hs_t.unbind(0)
     else:
         hs = [b - a for a, b in zip(gl, gl[1:])]
-    times = times.to(t.dtype).unbind(0)
+    times = times.to(t.dtype)
+    if n > _EAGER_STEPS:
+        # Long grids: per-step views made on demand, so no per-step tensor objects stay
+        # alive for the whole solve (this is what keeps the adjoint's memory flat in steps).
+        return tl, gl, hs, _Rows(times[: n * s], s), _Rows(times[n * s :], None), track
+    times = times.unbind(0)
     ends = times[n * s :]
     step_ts = [times[i * s : (i + 1) * s] for i in range(n)]
     if key is not None and not track:
