@@ -6,15 +6,21 @@ real numbers; see :class:`BatchView`) and on an *equation* object that offers
 - ``G(x)`` -> ``(B, n)``: the map whose fixed point is sought;
 - ``linearize(x)`` -> ``(G(x), jvp)`` with ``jvp(v) = J_G(x) v`` (matrix-free);
 - ``jacobian(x)`` -> ``(G(x), J)`` with ``J`` the ``(B, n, n)`` per-sample Jacobian of ``G``;
-- ``key``: a hashable that is equal for equations sharing a Jacobian (ESDIRK stages).
+- ``key``: a hashable that is equal for equations sharing a Jacobian (ESDIRK stages), or
+  ``None``; with a key, ``gamma`` (``J_G = gamma * J_f``) lets Newton rescale a kept ``J_G``.
 
 Convergence is decided per sample by :class:`_Monitor`: the update ``dx`` is measured in
 the scaled RMS norm ``rms(dx / (atol + rtol*|x|))``; a sample has converged when the
 update is tiny (``<= 0.01``) or when the rate-based estimate of the remaining error,
-``rate/(1-rate) * |dx|``, is at most one. A sample diverges when the rate exceeds
+``rate/(1-rate) * |dx|``, is at most one (rates in the scaled norm with the first
+iteration's scale held fixed). A sample diverges when the rate exceeds
 ``divergence_rate`` (2 by default) or the update is non-finite. Converged and diverged
 samples are frozen (their state no longer changes and, for Newton, their linear solves
-are skipped). The iteration loop synchronises with the host once per iteration.
+are skipped). The iteration loop synchronises with the host once per iteration (one
+transfer of the per-sample norms; the per-sample bookkeeping runs in NumPy).
+
+``solve(eq, x0, tol, stats, cache)``: ``cache`` is a per-solve dict (never state on the
+finder) in which :class:`Newton` keeps its Jacobian and LU across stages and steps.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import dataclasses
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 
 __all__ = ["AbstractRootFinder", "FixedPoint", "Anderson", "Newton", "NewtonKrylov", "RootResult", "Tolerance", "BatchView", "gmres", "get_root_finder"]
@@ -98,67 +105,97 @@ def scaled_rms(v: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 class _Monitor:
-    """Per-sample convergence and divergence test shared by all root finders."""
+    """Per-sample convergence and divergence test shared by all root finders.
+
+    The per-sample norms of an iteration are computed on the device and copied to the
+    host in one transfer (the one synchronisation per iteration); the per-sample logic
+    then runs on ``(B,)`` NumPy arrays, which on small systems costs far less than the
+    few dozen tiny tensor operations it replaces. :attr:`active` is the device mask.
+    """
 
     def __init__(self, B: int, device, divergence_rate: float, need_residual: bool = False):
-        self.active = torch.ones(B, dtype=torch.bool, device=device)
-        self.converged = torch.zeros(B, dtype=torch.bool, device=device)
-        self.diverged = torch.zeros(B, dtype=torch.bool, device=device)
-        self.prev: Optional[torch.Tensor] = None
-        self.prev_r: Optional[torch.Tensor] = None
+        self.device = device
+        self.active_np = np.ones(B, dtype=bool)
+        self.converged = np.zeros(B, dtype=bool)
+        self.diverged = np.zeros(B, dtype=bool)
+        self.prev: Optional[np.ndarray] = None
+        self.prev_r: Optional[np.ndarray] = None
         self.need_residual = need_residual
-        self.stalls = torch.zeros(B, dtype=torch.int64, device=device)
-        self.res = torch.full((B,), math.inf, dtype=torch.float64, device=device)
+        self.stalls = np.zeros(B, dtype=np.int64)
+        self.res = np.full(B, math.inf)
+        self.rate = np.full(B, math.nan)
         self.divergence_rate = divergence_rate
         self.rate_scale: Optional[torch.Tensor] = None
+        self._active_t = torch.ones(B, dtype=torch.bool, device=device)
+
+    @property
+    def active(self) -> torch.Tensor:
+        """``(B,)`` bool tensor on the device: the samples still iterating."""
+        return self._active_t
+
+    @property
+    def all_active(self) -> bool:
+        return bool(self.active_np.all())
+
+    def max_active_rate(self) -> float:
+        """The largest contraction rate among the samples still iterating (nan: unknown)."""
+        r = self.rate[self.active_np]
+        return float(np.nanmax(r)) if r.size and not np.isnan(r).all() else math.nan
 
     def update(self, dx: torch.Tensor, r: torch.Tensor, scale: torch.Tensor) -> bool:
         """Record one iteration (update ``dx``, residual ``r``); return True if any is active."""
-        d = scaled_rms(dx, scale)
-        res = scaled_rms(r, scale)
+        d_t = scaled_rms(dx, scale)
+        res_t = scaled_rms(r, scale)
         if self.rate_scale is None:
             self.rate_scale = scale
         # rates are measured in a fixed norm: scaled by the first iteration's tolerance, so
         # that a slowly contracting small component (a stiff direction under an old
         # Jacobian) is not hidden behind a fast contracting large one
-        raw = d if self.rate_scale is scale else scaled_rms(dx, self.rate_scale)
-        raw_r = res if self.rate_scale is scale else scaled_rms(r, self.rate_scale)
-        self.res = torch.where(self.active, res.to(self.res.dtype), self.res)
-        finite = torch.isfinite(d) & torch.isfinite(res)
-        nan = torch.full_like(d, math.nan)
-        rate = nan if self.prev is None else raw / self.prev  # contraction of the updates
-        rate_r = nan if self.prev_r is None else raw_r / self.prev_r  # growth of the residual
-        est = torch.where(rate < 1, rate / (1 - rate) * d, torch.full_like(d, math.inf))
-        conv = self.active & finite & ((d <= 0.01) | (est <= 1.0))
+        raw_t = d_t if self.rate_scale is scale else scaled_rms(dx, self.rate_scale)
+        raw_r_t = torch.linalg.vector_norm(r, dim=1)  # divergence: growth of the plain residual
+        host = torch.stack([d_t, res_t, raw_t, raw_r_t]).to(torch.float64).cpu().numpy()  # the one sync
+        d, res, raw, raw_r = host
+        act = self.active_np
+        self.res = np.where(act, res, self.res)
+        finite = np.isfinite(d) & np.isfinite(res)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            rate = np.full_like(d, math.nan) if self.prev is None else raw / self.prev  # contraction of the updates
+            rate_r = np.full_like(d, math.nan) if self.prev_r is None else raw_r / self.prev_r  # growth of the residual
+            est = np.where(rate < 1, rate / (1 - rate) * d, math.inf)
+        conv = act & finite & ((d <= 0.01) | (est <= 1.0))
         if self.need_residual:  # non-monotone iterations (Anderson): also ask for a small residual
             conv &= res <= 1.0
-        div = self.active & ~conv & (~finite | (rate_r > self.divergence_rate))
+        div = act & ~conv & (~finite | (rate_r > self.divergence_rate))
         self.converged |= conv
         self.diverged |= div
-        self.active &= ~(conv | div)
-        self.prev = torch.where(finite, raw, self.prev if self.prev is not None else raw)
-        self.prev_r = torch.where(finite, raw_r, self.prev_r if self.prev_r is not None else raw_r)
+        act = act & ~(conv | div)
+        self.prev = np.where(finite, raw, self.prev if self.prev is not None else raw)
+        self.prev_r = np.where(finite, raw_r, self.prev_r if self.prev_r is not None else raw_r)
         self.rate = rate
         # residual not decreasing for 3 iterations in a row: the map does not contract here
         if not self.need_residual and self.prev_r is not None:
             grow = rate_r >= 1.0
-            self.stalls = torch.where(grow, self.stalls + 1, torch.zeros_like(self.stalls))
-            stall = self.active & (self.stalls >= 3)
+            self.stalls = np.where(grow, self.stalls + 1, 0)
+            stall = act & (self.stalls >= 3)
             self.diverged |= stall
-            self.active &= ~stall
-        return bool(self.active.any())  # the one synchronisation per iteration
+            act = act & ~stall
+        if not np.array_equal(act, self.active_np):
+            self._active_t = torch.from_numpy(act.copy()).to(self.device)
+        self.active_np = act
+        return bool(act.any())
 
     def result(self, x: torch.Tensor, k: int, max_iters: int) -> RootResult:
-        res = float(self.res.max()) if self.res.numel() else 0.0
+        res = float(self.res.max()) if self.res.size else 0.0
+        converged = torch.from_numpy(self.converged.copy()).to(x.device)
         if bool(self.converged.all()):
-            return RootResult(x, self.converged, k, res)
+            return RootResult(x, converged, k, res)
         n_div = int(self.diverged.sum())
         n_bad = int((~self.converged).sum())
         if n_div:
             reason = f"diverged in {n_div} of {x.shape[0]} sample(s) (residual grew by > {self.divergence_rate:g} in one iteration or for 3 in a row, or non-finite)"
         else:
             reason = f"not converged in {max_iters} iterations in {n_bad} of {x.shape[0]} sample(s)"
-        return RootResult(x, self.converged, k, res, reason)
+        return RootResult(x, converged, k, res, reason)
 
 
 def _positive_int(name, v):
@@ -265,10 +302,14 @@ class Anderson(AbstractRootFinder):
                 dX = torch.stack([b - a for a, b in zip(xs, xs[1:])], dim=2)  # (B, n, mk)
                 dF = torch.stack([b - a for a, b in zip(fs, fs[1:])], dim=2)  # (B, n, mk)
                 A = dF.transpose(1, 2) @ dF  # (B, mk, mk)
-                lam = self.reg * A.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(torch.finfo(A.dtype).tiny)
+                # a shift below the dtype's resolution would vanish in A's diagonal
+                reg = max(self.reg, 64 * torch.finfo(A.dtype).eps)
+                lam = reg * A.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(torch.finfo(A.dtype).tiny)
                 A = A + lam[:, None, None] * torch.eye(A.shape[1], dtype=A.dtype, device=A.device)
-                gam = torch.linalg.solve(A, (dF.transpose(1, 2) @ f[:, :, None]))  # (B, mk, 1)
+                gam, info = torch.linalg.solve_ex(A, dF.transpose(1, 2) @ f[:, :, None])  # (B, mk, 1)
                 x_new = x + self.beta * f - ((dX + self.beta * dF) @ gam)[:, :, 0]
+                # a still-singular least-squares system: that sample takes a plain mixing step
+                x_new = torch.where((info != 0)[:, None], x + self.beta * f, x_new)
             act = mon.active[:, None]
             x_new = torch.where(act, x_new, x)
             more = mon.update(x_new - x, f, tol.scale(x_new))
@@ -329,7 +370,7 @@ class Newton(AbstractRootFinder):
     backward_kind = "dense"
     explicit_predictor = False
 
-    def __init__(self, max_iters: int = 10, refresh_rate: float = 0.5, per_sample: bool = True, divergence_rate: float = 2.0):
+    def __init__(self, max_iters: int = 10, refresh_rate: float = 0.1, per_sample: bool = True, divergence_rate: float = 2.0):
         super().__init__(max_iters, divergence_rate)
         self.refresh_rate = _positive_float("refresh_rate", refresh_rate)
         self.per_sample = bool(per_sample)
@@ -396,10 +437,10 @@ class Newton(AbstractRootFinder):
             lu = js.lu
             r = g - x
             act = mon.active
-            if bool(act.all()):
+            if mon.all_active:
                 dx = torch.linalg.lu_solve(lu[0], lu[1], r[:, :, None])[:, :, 0]
             else:  # solve only for the samples still iterating
-                idx = act.nonzero()[:, 0]
+                idx = torch.from_numpy(np.flatnonzero(mon.active_np)).to(r.device)
                 dx = torch.zeros_like(r)
                 dx[idx] = torch.linalg.lu_solve(lu[0][idx], lu[1][idx], r[idx, :, None])[:, :, 0]
             stats.n_linear_solves += 1
@@ -408,7 +449,7 @@ class Newton(AbstractRootFinder):
             x = x_new
             if not more:
                 break
-            if not fresh and bool((mon.rate[mon.active] > self.refresh_rate).any()):
+            if not fresh and mon.max_active_rate() > self.refresh_rate:
                 js.drop()  # slow convergence with an old Jacobian: refresh it at x
             fresh = False
         return mon.result(x, k, self.max_iters), computed_first

@@ -138,3 +138,74 @@ def test_bad_root_finder_arguments():
         solvers.Anderson(max_iters=0)
     with pytest.raises(ValueError, match="root-finder object"):
         get_root_finder(solvers.Newton(), max_iters=3)
+
+
+def _cubic(k):
+    return lambda y: -k * y - y**3
+
+
+def test_newton_reuses_jacobian_across_gamma_and_refactors_lu():
+    # two stage equations sharing a key (and a per-solve cache): one Jacobian of f serves
+    # both, I - gamma J is refactorised for the new gamma; both roots are exact
+    k = torch.tensor([[50.0, 20.0], [200.0, 30.0], [20.0, 80.0]], dtype=D)
+    cache, stats = {}, Stats()
+    c1 = torch.tensor([[1.0, -0.5], [0.3, 1.0], [-1.0, 0.7]], dtype=D)
+    for c, gamma in ((c1, 0.1), (c1 * 1.01, 0.13)):
+        eq, view = _field_eq(_cubic(k), c, gamma, key="stage")
+        res = solvers.Newton().solve(eq, view.flat(c), _tol(), stats, cache)
+        assert res.ok
+        x = res.x
+        assert torch.allclose(x, view.flat(c) + gamma * (-k * x - x**3), atol=1e-9, rtol=0)  # the root
+        assert cache["newton_jac"].gamma_lu == gamma
+    assert stats.n_jac_evals == 1
+    # without a key (e.g. the transposed systems of the backward pass) nothing is shared
+    stats = Stats()
+    for c, gamma in ((c1, 0.1), (c1 * 1.01, 0.13)):
+        eq, view = _field_eq(_cubic(k), c, gamma)
+        assert solvers.Newton().solve(eq, view.flat(c), _tol(), stats, cache).ok
+    assert stats.n_jac_evals == 2
+
+
+@pytest.mark.parametrize("gk, what", [(0.4, "slow: refreshed mid-solve"), (0.6, "diverges: retried from x0")])
+def test_newton_stale_jacobian_is_refreshed(gk, what):
+    # the cached Jacobian belongs to f = +k x, the equation to f = -k x: with the stale
+    # Jacobian the iteration multiplies the error by 1 - (1 + gk)/(1 - gk) (-1.33 or -3)
+    k, c = 10.0, torch.tensor([[1.0, -2.0]], dtype=D)
+    gamma = gk / k
+    cache, stats = {}, Stats()
+    eq, view = _field_eq(lambda y: k * y, c, gamma, key="stage")
+    assert solvers.Newton().solve(eq, view.flat(c), _tol(), stats, cache).ok
+    eq, view = _field_eq(lambda y: -k * y, c, gamma, key="stage")
+    res = solvers.Newton().solve(eq, view.flat(c), _tol(), stats, cache)
+    assert res.ok, what
+    assert torch.allclose(res.x, view.flat(c) / (1 + gk), atol=1e-12, rtol=0)
+    assert stats.n_jac_evals == 2
+
+
+def test_newton_new_step_drops_a_jacobian_older_than_a_rejected_step():
+    k, c = 10.0, torch.tensor([[1.0, -2.0]], dtype=D)
+    cache, stats, newton = {}, Stats(), solvers.Newton()
+    eq, view = _field_eq(lambda y: -k * y, c, 0.05, key="stage")
+    y0, y1 = c.clone(), c.clone()
+    newton.new_step(cache, y0)  # nothing cached yet: no-op
+    assert newton.solve(eq, view.flat(c), _tol(), stats, cache).ok
+    js = cache["newton_jac"]
+    newton.new_step(cache, y0)  # the step from y0 is retried, but its Jacobian is from this attempt: kept
+    assert js.J is not None
+    newton.new_step(cache, y1)  # an accepted step: a new step starts, the Jacobian is kept
+    assert js.J is not None and not js.fresh_in_step
+    newton.new_step(cache, y1)  # rejected, and its Jacobian came from an earlier step: dropped
+    assert js.J is None
+    assert newton.solve(eq, view.flat(c), _tol(), stats, cache).ok and stats.n_jac_evals == 2
+
+
+def test_anderson_survives_singular_least_squares_in_float32():
+    """One unknown per sample: Anderson's history matrix has rank one, exactly singular in
+    float32 without a shift above the dtype's resolution. It must still converge."""
+    y0 = torch.linspace(-2.0, 2.0, 64, dtype=torch.float32)[:, None]  # (64, 1)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    f = lambda tt, y: -torch.sin(3 * y)  # noqa: E731
+    ys = solvers.odeint(f, y0, t, method="implicit_euler", options=dict(step_size=0.25, root_finder="anderson"))
+    ref = solvers.odeint(f, y0.double(), t, method="implicit_euler", options=dict(step_size=0.25, root_finder="newton"))
+    assert torch.isfinite(ys).all()
+    assert float((ys[-1].double() - ref[-1]).abs().max()) < 1e-4
