@@ -10,13 +10,7 @@ import solvers
 
 
 
-@pytest.fixture(autouse=True)
-def _float64_default():
-    """These tests build float64 tensors by default; restore the default afterwards."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 ADAPTIVE = sorted(n for n, c in solvers.METHODS.items() if c.adaptive and not c.implicit)
 HIGH_ORDER = [n for n in ADAPTIVE if solvers.METHODS[n].order >= 4]

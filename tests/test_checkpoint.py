@@ -7,13 +7,7 @@ import solvers
 
 
 
-@pytest.fixture(autouse=True)
-def _float64_default():
-    """These tests build float64 tensors by default; restore the default afterwards."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 EXPLICIT = sorted(n for n, c in solvers.METHODS.items() if not c.implicit)
 
