@@ -15,7 +15,6 @@ Run: ``python -m benchmarks.bench_adaptive [--quick]``
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -26,7 +25,8 @@ from tqdm import tqdm
 
 import solvers
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
+from ._report import pyplot, save_figure, write_table
+
 
 
 class Counted(torch.nn.Module):
@@ -125,7 +125,6 @@ def main(argv=None):
                     rows.append((method, tol, name, med[name] * 1e3, nfe[name], err[name], r_tdq, r_to))
                     print(f"{method:6s} tol={tol:7.0e} {name:11s} {med[name] * 1e3:8.2f} ms  nfe {nfe[name]:5d}  err {err[name]:.2e}  "
                           f"time/torchdiffeq {r_tdq:5.2f}  time/torchode {r_to:5.2f}")
-    os.makedirs(RESULTS, exist_ok=True)
     lines = [
         "# bench_adaptive: dopri5 / tsit5 against torchdiffeq 0.2.5 and torchode 1.0.1",
         "",
@@ -137,17 +136,13 @@ def main(argv=None):
         "|---|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {m} | {tol:g} | {lib} | {ms:.2f} | {n} | {e:.2e} | {a:.2f} | {b:.2f} |" for m, tol, lib, ms, n, e, a, b in rows]
-    with open(os.path.join(RESULTS, "adaptive.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    _plot(rows, os.path.join(RESULTS, "adaptive.png"))
-    print("wrote", os.path.join(RESULTS, "adaptive.md"))
+    path = write_table("adaptive.md", "\n".join(lines))
+    _plot(rows, "adaptive.png")
+    print("wrote", path)
 
 
-def _plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _plot(rows, name):
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for lib, marker in (("solvers", "o"), ("torchdiffeq", "s"), ("torchode", "^")):
@@ -162,8 +157,7 @@ def _plot(rows, path):
     ax.set_ylabel("max error")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, name)
 
 
 if __name__ == "__main__":

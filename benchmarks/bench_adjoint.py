@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torchdiffeq
 
 import solvers
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from ._report import RESULTS, pyplot, save_figure, write_table
+
 T_END = 10.0
 
 
@@ -127,13 +127,9 @@ def main(argv=None) -> None:
             lines.append(f"- tol {tol:g}, {lib}: seminorm backward nfe {b1} vs {b0} ({100 * (1 - b1 / b0):.0f}% saved)")
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "adjoint.md").write_text(text)
+    write_table("adjoint.md", text)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = [f"{tol:g}\n{'semi' if semi else 'mixed'}" for tol, semi, _, _ in rows]
@@ -146,7 +142,7 @@ def main(argv=None) -> None:
     ax.set_title("dopri5 adjoint, MLP batch 256, CPU")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "adjoint.png", dpi=120)
+    save_figure(fig, "adjoint.png")
     print(f"wrote {RESULTS / 'adjoint.md'} and {RESULTS / 'adjoint.png'}")
 
 

@@ -24,7 +24,6 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,7 +32,8 @@ from tqdm.auto import tqdm
 import odenet
 import solvers
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from ._report import RESULTS, pyplot, save_figure, write_table
+
 
 
 def _interleaved(fns: dict, repeats: int, inner: int, desc: str) -> dict:
@@ -176,11 +176,8 @@ def bench_views(repeats: int, epochs: int, limit_train) -> tuple:
     return train_rows, cross
 
 
-def _plot(rows, train_rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+def _plot(rows, train_rows, name):
+    plt = pyplot()
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     labels = [f"{k}\n{m}" for k, m, *_ in rows]
@@ -194,8 +191,7 @@ def _plot(rows, train_rows, path):
     a2.set_xticks(range(len(train_rows)), [f"{r[0]}\n{r[1]}" for r in train_rows], fontsize=7)
     a2.set(ylabel="ms per training batch (64 digits)", title="Three views, one field")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, name)
 
 
 def main(argv=None) -> None:
@@ -222,7 +218,6 @@ def main(argv=None) -> None:
         print(f"  trained as {view:8s} run as {other:8s} {1e3 * sec:8.2f} ms  NFE {nf:4d}  test acc {100 * acc:5.1f}%"
               + (f"  (failed: {err})" if err else ""))
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
     md = [
         "# bench_block: ODEBlock overhead and the three views",
         "",
@@ -248,8 +243,8 @@ def main(argv=None) -> None:
     md += [f"| {v} | {o} | {1e3 * s:.2f} | {nf} | {100 * a:.1f} |" if not e else f"| {v} | {o} | failed: {e} | - | - |"
            for v, o, s, nf, a, e in cross]
     md += ["", "No GPU was available for these measurements."]
-    (RESULTS / "block.md").write_text("\n".join(md) + "\n")
-    _plot(rows, train_rows, RESULTS / "block.png")
+    write_table("block.md", "\n".join(md))
+    _plot(rows, train_rows, "block.png")
     print(f"wrote {RESULTS / 'block.md'} and {RESULTS / 'block.png'}")
 
 

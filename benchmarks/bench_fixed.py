@@ -13,7 +13,6 @@ Run: ``python -m benchmarks.bench_fixed [--quick]``
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import time
@@ -23,7 +22,8 @@ from tqdm import tqdm
 
 import solvers
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
+from ._report import pyplot, save_figure, write_table
+
 STEPS, H = 10, 0.1
 
 
@@ -99,7 +99,6 @@ def main(argv=None):
             rows.append((fname, mode, a * 1e6, b * 1e6, a / b, (a - b) * 1e6))
             print(f"{fname:16s} {mode:20s} odeint {a * 1e6:8.1f} us  hand {b * 1e6:8.1f} us  ratio {a / b:5.3f}  overhead {(a - b) * 1e6:7.1f} us/solve")
 
-    os.makedirs(RESULTS, exist_ok=True)
     lines = [
         "# bench_fixed: odeint(method='euler') vs a hand-written residual loop",
         "",
@@ -110,18 +109,13 @@ def main(argv=None):
         "|---|---|---|---|---|---|",
     ]
     lines += [f"| {f} | {m} | {a:.1f} | {b:.1f} | {r:.3f} | {o:.1f} |" for f, m, a, b, r, o in rows]
-    path = os.path.join(RESULTS, "fixed.md")
-    with open(path, "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    _plot(rows, os.path.join(RESULTS, "fixed.png"))
+    path = write_table("fixed.md", "\n".join(lines))
+    _plot(rows, "fixed.png")
     print(f"wrote {path}")
 
 
-def _plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _plot(rows, name):
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     labels = [f"{f}\n{m}" for f, m, *_ in rows]
@@ -132,8 +126,7 @@ def _plot(rows, path):
     ax.set_ylabel("time ratio odeint / hand loop")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, name)
 
 
 if __name__ == "__main__":

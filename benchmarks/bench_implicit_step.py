@@ -24,14 +24,14 @@ import argparse
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 import solvers
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from ._report import RESULTS, pyplot, save_figure, write_table
+
 DIM, HIDDEN, BATCH = 64, 128, 256
 
 
@@ -129,7 +129,6 @@ def main(argv=None):
 
 
 def write(rows, est, quick):
-    RESULTS.mkdir(exist_ok=True)
     lines = [
         "# One implicit step: per-sample Newton vs whole-batch dense Newton vs Anderson vs Picard vs Newton–Krylov",
         "",
@@ -145,11 +144,8 @@ def write(rows, est, quick):
         lines.append(f"| {r['name']} | {r['B']} | {1e3 * r['fwd']:.2f} | {1e3 * r['fwdbwd']:.2f} | {r['iters']} | {r['fevals']} | {r['jac']} | {r['bwd_iters']} | {r['mem'] / 2**20:.2f} |")
     lines += ["", f"Whole-batch dense Newton at batch {BATCH}: not run; its LU alone would take ~{est:.0f} s per step (a measured {2048}^2 LU scaled by (16384/2048)^3) and needs "
               f"{working_memory('newton (whole', BATCH, DIM) / 2**30:.1f} GiB for the Jacobian and its LU."]
-    (RESULTS / "implicit_step.md").write_text("\n".join(lines) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    write_table("implicit_step.md", "\n".join(lines))
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in dict.fromkeys(r["name"] for r in rows):
@@ -161,7 +157,7 @@ def write(rows, est, quick):
     ax.set_ylabel("ms per step (no grad)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS / "implicit_step.png", dpi=120)
+    save_figure(fig, "implicit_step.png")
     print(f"wrote {RESULTS / 'implicit_step.md'} and implicit_step.png")
 
 

@@ -24,7 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from ._report import RESULTS, pyplot, save_figure, write_table
+
 MODES = ("direct", "checkpoint", "adjoint")
 
 
@@ -124,13 +125,9 @@ def main(argv=None) -> None:
     lines.append(f"- direct / adjoint at {hi} steps: {mb[('direct', hi)] / max(mb[('adjoint', hi)], 1e-9):.1f}x; direct / checkpoint: {mb[('direct', hi)] / max(mb[('checkpoint', hi)], 1e-9):.1f}x")
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "memory.md").write_text(text)
+    write_table("memory.md", text)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in MODES:
@@ -143,7 +140,7 @@ def main(argv=None) -> None:
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(RESULTS / "memory.png", dpi=120)
+    save_figure(fig, "memory.png")
     print(f"wrote {RESULTS / 'memory.md'} and {RESULTS / 'memory.png'}")
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +24,8 @@ from tqdm.auto import tqdm
 
 import solvers
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from ._report import RESULTS, pyplot, save_figure, write_table
+
 MU = 1000.0
 
 
@@ -99,7 +99,6 @@ def main(argv=None):
 
 
 def write(rows, quick):
-    RESULTS.mkdir(exist_ok=True)
     lines = [
         "# Stiff problems: implicit ESDIRK vs scipy Radau/BDF and dopri5",
         "",
@@ -113,11 +112,8 @@ def write(rows, quick):
     ]
     for r in rows:
         lines.append(f"| {r['problem']} | {r['solver']} | {r['err']:.2e} | {r['nfev']} | {r['njev']} | {r['steps']} | {r['time']:.2f} | {r['note']} |")
-    (RESULTS / "stiff.md").write_text("\n".join(lines) + "\n")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    write_table("stiff.md", "\n".join(lines))
+    plt = pyplot()
 
     probs = list(dict.fromkeys(r["problem"] for r in rows))
     fig, axes = plt.subplots(1, len(probs), figsize=(5.5 * len(probs), 4))
@@ -132,7 +128,7 @@ def write(rows, quick):
             ax.text(i, r["nfev"] + r["njev"], "gave up" if r["note"] else f"{r['err']:.0e}", ha="center", va="bottom", fontsize=8)
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    fig.savefig(RESULTS / "stiff.png", dpi=120)
+    save_figure(fig, "stiff.png")
     print(f"wrote {RESULTS / 'stiff.md'} and stiff.png")
 
 

@@ -12,7 +12,6 @@ Run: ``python -m benchmarks.bench_work_precision [--quick]``
 from __future__ import annotations
 
 import argparse
-import os
 
 import numpy as np
 import torch
@@ -21,7 +20,8 @@ from tqdm import tqdm
 
 import solvers
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
+from ._report import pyplot, save_figure, write_table
+
 
 
 def van_der_pol(t, y):
@@ -73,7 +73,6 @@ def main(argv=None):
 
 
 def _write(rows, methods):
-    os.makedirs(RESULTS, exist_ok=True)
     problems = list(PROBLEMS)
     names = methods + ["scipy RK45", "scipy DOP853"]
     lines = [
@@ -94,12 +93,11 @@ def _write(rows, methods):
     lines += ["## nfe to reach max error 1e-6 (log-log interpolation)", "", "| method | " + " | ".join(problems) + " |", "|---" * (len(problems) + 1) + "|"]
     for m in names:
         lines.append(f"| {m} | " + " | ".join(_nfe_at(rows, p, m, 1e-6) for p in problems) + " |")
-    with open(os.path.join(RESULTS, "work_precision.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
+    path = write_table("work_precision.md", "\n".join(lines))
     for line in lines[-len(names) - 1 :]:
         print(line)
-    _plot(rows, problems, names, os.path.join(RESULTS, "work_precision.png"))
-    print("wrote", os.path.join(RESULTS, "work_precision.md"))
+    _plot(rows, problems, names, "work_precision.png")
+    print("wrote", path)
 
 
 def _nfe_at(rows, p, m, target):
@@ -111,11 +109,8 @@ def _nfe_at(rows, p, m, target):
     return "n/a"
 
 
-def _plot(rows, problems, names, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _plot(rows, problems, names, name):
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(problems), figsize=(5 * len(problems), 4))
     for ax, p in zip(axes, problems):
@@ -128,8 +123,7 @@ def _plot(rows, problems, names, path):
         ax.set_ylabel("max error")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, name)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,30 @@
+"""Where benchmark results go, written the way the project writes files: atomically.
+
+Every script writes its Markdown table with :func:`write_table` and its figure with
+:func:`save_figure`; both reuse odenet's atomic writers (``odenet._io``, ``odenet._plots``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from odenet._io import atomic_write_text
+from odenet._plots import _pyplot as pyplot
+from odenet._plots import _save
+
+__all__ = ["RESULTS", "pyplot", "save_figure", "write_table"]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write_table(name: str, text: str) -> Path:
+    """Write ``results/<name>`` (Markdown) atomically and return its path."""
+    return atomic_write_text(RESULTS / name, text if text.endswith("\n") else text + "\n")
+
+
+def save_figure(fig, name: str) -> Path:
+    """Save ``fig`` as ``results/<name>`` (PNG) atomically, close it, return the path."""
+    try:
+        return _save(fig, RESULTS / name)
+    finally:
+        pyplot().close(fig)
