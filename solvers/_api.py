@@ -161,9 +161,7 @@ def make_problem(func, y0, t, *, method, rtol, atol, options, params=None) -> Pr
     atol = check_tol("atol", atol, y0_flat, shapes)
     reverse = len(tl) > 1 and tl[1] < tl[0]
     stats = Stats()
-    field = VectorField(func, y0_flat, shapes, stats, reverse=reverse)
-    field.tols = (rtol, atol)  # implicit methods scale their root-finder tolerances by these
-    field.params = None if params is None else list(params)
+    field = VectorField(func, y0_flat, shapes, stats, reverse=reverse, tols=(rtol, atol), params=params)
     cfg = _build_config(method, options, rtol, atol, shapes, reverse, y0_flat)
     tf = -t if reverse else t
     return Problem(func, field, y0_flat, tf, method, cfg, stats, shapes, reverse, params, rtol, atol, options)

@@ -3,6 +3,7 @@ synchronises once per step to read the error ratio, and nothing here is differen
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Callable
 
@@ -11,21 +12,23 @@ import torch
 __all__ = ["AbstractController", "IController", "PIController", "initial_step"]
 
 
-class AbstractController:
+class AbstractController(abc.ABC):
     """Proposes the next step size from the last one and its error ratio.
 
     ``ratio`` is ``norm(error / (atol + rtol * |y|))``: a step is accepted when
     ``ratio <= 1``. ``propose(h, ratio, accepted)`` returns the next step size (> 0).
     """
 
+    @abc.abstractmethod
     def reset(self, error_order: int) -> None:
-        raise NotImplementedError
+        """Start a new solve for a method whose error estimate has order ``error_order``."""
 
     def accept(self, ratio: float) -> bool:
         return ratio <= 1.0
 
+    @abc.abstractmethod
     def propose(self, h: float, ratio: float, accepted: bool) -> float:
-        raise NotImplementedError
+        """The next step size after a step of size ``h`` with error ``ratio``."""
 
 
 class PIController(AbstractController):

@@ -130,7 +130,7 @@ class VectorField:
     ``stats`` is shared with the solve; implicit methods record root-finder work on it.
     """
 
-    def __init__(self, func: Callable, y0: torch.Tensor, shapes, stats: Stats, reverse: bool = False):
+    def __init__(self, func: Callable, y0: torch.Tensor, shapes, stats: Stats, reverse: bool = False, tols=None, params=None):
         if not callable(func):
             raise TypeError(f"`func` must be callable as func(t, y), got {type(func).__name__}")
         self.func = func
@@ -139,9 +139,9 @@ class VectorField:
         self.reverse = reverse
         self.dtype = y0.dtype
         self._unchecked = True
-        #: the solve's (rtol, atol) and explicit parameter list, set by the API (implicit methods read them)
-        self.tols = None
-        self.params = None
+        #: the solve's (rtol, atol) and explicit parameter list (implicit methods read them)
+        self.tols = tols
+        self.params = None if params is None else list(params)
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.stats.n_f_evals += 1

@@ -25,6 +25,7 @@ finder) in which :class:`Newton` keeps its Jacobian and LU across stages and ste
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from typing import Optional
@@ -210,7 +211,7 @@ def _positive_float(name, v, upper=math.inf):
     return float(v)
 
 
-class AbstractRootFinder:
+class AbstractRootFinder(abc.ABC):
     """Solve ``x = G(x)`` per sample. Subclasses implement :meth:`solve`.
 
     Parameters
@@ -231,8 +232,9 @@ class AbstractRootFinder:
         self.max_iters = _positive_int("max_iters", max_iters)
         self.divergence_rate = _positive_float("divergence_rate", divergence_rate)
 
+    @abc.abstractmethod
     def solve(self, eq, x0: torch.Tensor, tol: Tolerance, stats, cache: Optional[dict] = None) -> RootResult:
-        raise NotImplementedError
+        """Solve ``x = eq.G(x)`` per sample from ``x0``; see the module docstring."""
 
     def __repr__(self):
         keys = [k for k in vars(self) if not k.startswith("_")]
