@@ -54,7 +54,14 @@ def register_gradient_mode(name: str, runner: Callable[[Problem], Outcome]) -> N
     GRADIENT_MODES[name] = runner
 
 
-register_gradient_mode("direct", lambda prob: prob.run())
+def _direct(prob: "Problem") -> Outcome:
+    """Backpropagation through the steps: the plain run, recorded by autograd."""
+    if prob.gradient_options:
+        raise ValueError(f"gradient='direct' takes no `gradient_options` (got {sorted(prob.gradient_options)}); remove them or pick another `gradient`")
+    return prob.run()
+
+
+register_gradient_mode("direct", _direct)
 
 
 def _as_float(name, v, *, positive=False, allow_inf=False):
@@ -210,8 +217,6 @@ def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, optio
         raise TypeError("`raise_on_failure` must be a bool")
     if gradient_options is not None and not isinstance(gradient_options, dict):
         raise TypeError(f"`gradient_options` must be a dict, got {type(gradient_options).__name__}")
-    if gradient_options and gradient == "direct":
-        raise ValueError(f"gradient='direct' takes no `gradient_options` (got {sorted(gradient_options)}); remove them or pick another `gradient`")
     prob = make_problem(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, params=params)
     prob.gradient_options = dict(gradient_options or {})
     outcome = GRADIENT_MODES[gradient](prob)

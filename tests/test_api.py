@@ -429,3 +429,9 @@ def test_fixed_grid_reuse_across_modes():
     torch.testing.assert_close(c.detach(), b, rtol=0, atol=0)
     d = solvers.odeint(f, y0, t, method="rk4", options=dict(step_size=0.05))  # another grid
     assert float((d - c).detach().abs().max()) < 1e-2 and not torch.equal(d, c.detach())  # linear interp at 0.35
+
+
+def test_direct_mode_rejects_gradient_options():
+    with pytest.raises(ValueError, match="gradient='direct' takes no `gradient_options`"):
+        solvers.solve(lambda t, y: -y, torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64),
+                      gradient="direct", gradient_options={"checkpoints": 3})
