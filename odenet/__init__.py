@@ -3,7 +3,9 @@
 The pieces, bottom up:
 
 - vector fields (``nn.Module`` with ``forward(t, x)``): :class:`MLPField`,
-  :class:`ConvField`, time-conditioned by concatenation or FiLM, and
+  :class:`ConvField`, time-conditioned by concatenation or FiLM, the parabolic
+  :class:`ParabolicConvField` / :class:`ParabolicMLPField` (a one-sided Lipschitz bound
+  that keeps backward Euler well posed, whatever the weights), and
   :class:`LayerwiseField` (piecewise constant in time: an untied ResNet);
 - :class:`ODEBlock`: integrates a field from 0 to ``t1`` with a swappable solver
   (``configure`` / ``using``);
@@ -20,16 +22,20 @@ from ._block import SOLVER_KEYS, ODEBlock
 from ._compare import CompareConfig, compare, format_table
 from ._data import DATASETS, DataBundle, iterate_batches, load_dataset
 from ._fields import ACTIVATIONS, TIME_MODES, ConvField, LayerwiseField, MLPField, spectral_normalize
+from ._parabolic import MONOTONE_ACTIVATIONS, ParabolicConvField, ParabolicMLPField
 from ._io import CheckpointError, load_checkpoint, save_checkpoint
 from ._models import MODEL_KINDS, ImageClassifier, MLPClassifier, build_model
 from ._robust import accuracy_vs_epsilon, fgsm, fgsm_accuracy, noise_accuracy
-from ._train import (VIEWS, TrainConfig, TrainingError, TrainResult, build_view_model, evaluate, fit,
+from ._train import (FIELDS, VIEWS, TrainConfig, TrainingError, TrainResult, build_view_model, evaluate, fit,
                      load_model, set_seed, solver_config_for, train)
 
 __all__ = [
     # fields and the block
     "MLPField",
     "ConvField",
+    "ParabolicConvField",
+    "ParabolicMLPField",
+    "MONOTONE_ACTIVATIONS",
     "LayerwiseField",
     "spectral_normalize",
     "ACTIVATIONS",
@@ -48,6 +54,7 @@ __all__ = [
     "iterate_batches",
     # training
     "VIEWS",
+    "FIELDS",
     "solver_config_for",
     "build_view_model",
     "TrainConfig",

@@ -147,7 +147,40 @@ class ODEBlock(nn.Module):
                 raise ValueError("give either `steps` or options['step_size'/'grid_constructor'], not both")
         if isinstance(self.field, LayerwiseField) and abs(cfg["t1"] - self.field.t1) > 1e-12 * self.field.t1:
             raise ValueError(f"ODEBlock t1={cfg['t1']} must equal the LayerwiseField's t1={self.field.t1}")
+        if cls.implicit and not cls.adaptive:
+            self._check_well_posed(cls, cfg, steps, opts)
         return cfg
+
+    def _check_well_posed(self, cls, cfg: Dict[str, Any], steps: Optional[int], opts: Dict[str, Any]) -> None:
+        """Refuse implicit fixed steps that a field's one-sided Lipschitz bound says may be ill posed.
+
+        A field with ``one_sided_lipschitz = nu > 0`` (e.g. :class:`odenet.ParabolicConvField`)
+        makes every implicit stage ``x = c + gamma h f(x)`` uniquely solvable when
+        ``gamma h nu < 1``; beyond it the stage may have no or several solutions.
+        """
+        fields = list(self.field.blocks) if isinstance(self.field, LayerwiseField) else [self.field]
+        bounds = [getattr(f, "one_sided_lipschitz", None) for f in fields]
+        bounds = [float(b) for b in bounds if isinstance(b, (int, float)) and not isinstance(b, bool)]
+        nu = max(bounds, default=0.0)
+        if nu <= 0:
+            return
+        if steps is not None:
+            h = cfg["t1"] / steps
+        elif isinstance(opts.get("step_size"), (int, float)):
+            h = float(opts["step_size"])
+        else:  # a grid_constructor: its steps are not known here
+            return
+        tab = getattr(cls, "tableau", None)
+        if tab is None:
+            return
+        gamma = float(max(tab.a[i][i] for i in range(tab.stages)))
+        if gamma * h * nu >= 1:
+            need = math.floor(gamma * cfg["t1"] * nu) + 1
+            raise ValueError(
+                f"method {cfg['method']!r} with step {h:g} is not guaranteed well posed on this field: its "
+                f"one-sided Lipschitz bound is {nu:g} and the implicit stages need gamma*h*bound < 1 "
+                f"(gamma={gamma:g}, got {gamma * h * nu:g}); use steps >= {need} or a field with a smaller "
+                f"`expansion`")
 
     def configure(self, **kw) -> "ODEBlock":
         """Change any of ``method, t1, steps, rtol, atol, gradient, options`` in place.

@@ -23,6 +23,7 @@ from torch import nn
 
 from ._block import SOLVER_KEYS, ODEBlock
 from ._fields import ConvField, LayerwiseField, MLPField, _check_int
+from ._parabolic import ParabolicConvField, ParabolicMLPField
 
 __all__ = ["ImageClassifier", "MLPClassifier", "build_model", "MODEL_KINDS"]
 
@@ -87,6 +88,22 @@ class _ODEClassifier(nn.Module):
         return h
 
 
+#: Field families of each classifier: the unconstrained one and the parabolic one.
+IMAGE_FIELDS = ("conv", "parabolic")
+MLP_FIELDS = ("mlp", "parabolic")
+
+
+def _check_field(field: str, allowed: tuple, cls_name: str) -> str:
+    if field not in allowed:
+        raise ValueError(f"{cls_name}: `field` must be one of {allowed}, got {field!r}")
+    return field
+
+
+def _no_expansion(expansion, cls_name: str) -> None:
+    if expansion:
+        raise ValueError(f"{cls_name}: `expansion` applies to field='parabolic' only, got expansion={expansion!r}")
+
+
 def _layers_field(make, layers: int, t1: float):
     if layers == 1:
         return make()
@@ -123,6 +140,14 @@ class ImageClassifier(_ODEClassifier):
         GroupNorm groups inside the fields (None: no normalisation).
     activation : str
         Activation of the fields.
+    field : {"conv", "parabolic"}
+        ``"conv"``: :class:`ConvField` (unconstrained). ``"parabolic"``:
+        :class:`ParabolicConvField`, whose one-sided Lipschitz constant is at most
+        ``expansion`` whatever its weights, so backward Euler (the implicit ResNet) is well
+        posed at every step size below ``1/expansion``; ``groups`` must then be None and ``time`` "none" or
+        "concat".
+    expansion : float
+        The parabolic field's one-sided Lipschitz bound (see :class:`ParabolicConvField`).
     **solver_cfg
         ``method, t1, steps, rtol, atol, gradient, options`` for every block
         (see :class:`ODEBlock`).
@@ -136,7 +161,8 @@ class ImageClassifier(_ODEClassifier):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, image_size: int = 8,
                  num_blocks: int = 1, augment: int = 0, spectral_norm: bool = False, time: str = "none",
-                 layers: int = 1, groups: Optional[int] = None, activation: str = "tanh", **solver_cfg):
+                 layers: int = 1, groups: Optional[int] = None, activation: str = "tanh", field: str = "conv",
+                 expansion: float = 0.0, **solver_cfg):
         super().__init__()
         self.in_channels = _check_int("in_channels", in_channels, 1)
         self.num_classes = _check_int("num_classes", num_classes, 1)
@@ -149,13 +175,22 @@ class ImageClassifier(_ODEClassifier):
         t1 = solver.get("t1") or 1.0
         channels = width + augment
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.Tanh())
-        make = lambda: ConvField(channels, time=time, groups=groups, activation=activation,  # noqa: E731
-                                 spectral_norm=bool(spectral_norm))
+        _check_field(field, IMAGE_FIELDS, type(self).__name__)
+        if field == "parabolic":
+            if groups is not None:
+                raise ValueError("ImageClassifier: `groups` must be None with field='parabolic' (a normalisation "
+                                 "layer would break the field's dissipativity bound)")
+            make = lambda: ParabolicConvField(channels, time=time, activation=activation,  # noqa: E731
+                                              expansion=expansion, spectral_norm=bool(spectral_norm))
+        else:
+            _no_expansion(expansion, type(self).__name__)
+            make = lambda: ConvField(channels, time=time, groups=groups, activation=activation,  # noqa: E731
+                                     spectral_norm=bool(spectral_norm))
         self.blocks = nn.ModuleList(ODEBlock(_layers_field(make, layers, t1), **solver) for _ in range(num_blocks))
         self.head = nn.Linear(channels, num_classes)
         self._arch = dict(in_channels=in_channels, num_classes=num_classes, width=width, image_size=image_size,
                           num_blocks=num_blocks, augment=augment, spectral_norm=bool(spectral_norm), time=time,
-                          layers=layers, groups=groups, activation=activation)
+                          layers=layers, groups=groups, activation=activation, field=field, expansion=expansion)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The ODE state at ``t1`` of the last block, ``[B, width + augment, H, W]``."""
@@ -199,13 +234,19 @@ class MLPClassifier(_ODEClassifier):
         ODE blocks in sequence.
     activation : str
         Activation of the fields.
+    field : {"mlp", "parabolic"}
+        ``"mlp"``: :class:`MLPField`. ``"parabolic"``: :class:`ParabolicMLPField` with
+        ``hidden`` rows (``depth`` must then be 1, ``time`` "none" or "concat").
+    expansion : float
+        The parabolic field's one-sided Lipschitz bound.
     **solver_cfg
         ``method, t1, steps, rtol, atol, gradient, options`` for every block.
     """
 
     def __init__(self, in_features: int, num_classes: int, hidden: int = 64, augment: int = 0,
                  spectral_norm: bool = False, time: str = "none", depth: int = 2, layers: int = 1,
-                 num_blocks: int = 1, activation: str = "tanh", **solver_cfg):
+                 num_blocks: int = 1, activation: str = "tanh", field: str = "mlp", expansion: float = 0.0,
+                 **solver_cfg):
         super().__init__()
         self.in_features = _check_int("in_features", in_features, 1)
         self.num_classes = _check_int("num_classes", num_classes, 1)
@@ -217,13 +258,22 @@ class MLPClassifier(_ODEClassifier):
         t1 = solver.get("t1") or 1.0
         dim = hidden + augment
         self.stem = nn.Linear(in_features, hidden)
-        make = lambda: MLPField(dim, hidden=hidden, depth=depth, activation=activation, time=time,  # noqa: E731
-                                spectral_norm=bool(spectral_norm))
+        _check_field(field, MLP_FIELDS, type(self).__name__)
+        if field == "parabolic":
+            if depth != 1:
+                raise ValueError(f"MLPClassifier: a parabolic field has one hidden layer; pass depth=1 with "
+                                 f"field='parabolic', got depth={depth}")
+            make = lambda: ParabolicMLPField(dim, hidden=hidden, activation=activation, time=time,  # noqa: E731
+                                             expansion=expansion, spectral_norm=bool(spectral_norm))
+        else:
+            _no_expansion(expansion, type(self).__name__)
+            make = lambda: MLPField(dim, hidden=hidden, depth=depth, activation=activation, time=time,  # noqa: E731
+                                    spectral_norm=bool(spectral_norm))
         self.blocks = nn.ModuleList(ODEBlock(_layers_field(make, layers, t1), **solver) for _ in range(num_blocks))
         self.head = nn.Linear(dim, num_classes)
         self._arch = dict(in_features=in_features, num_classes=num_classes, hidden=hidden, augment=augment,
                           spectral_norm=bool(spectral_norm), time=time, depth=depth, layers=layers,
-                          num_blocks=num_blocks, activation=activation)
+                          num_blocks=num_blocks, activation=activation, field=field, expansion=expansion)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The ODE state at ``t1`` of the last block, ``[B, hidden + augment]``."""

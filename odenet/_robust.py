@@ -56,11 +56,21 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, *,
         they equal ``x`` exactly.
     """
     (epsilon,) = _check_eps([epsilon], "epsilon")
+    return _perturb(x, _loss_grad_sign(model, x, y), epsilon, clamp)
+
+
+def _loss_grad_sign(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``sign(grad_x cross_entropy(model(x), y))``: FGSM's direction, the same for every epsilon."""
     x_adv = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         loss = F.cross_entropy(model(x_adv), y)
         (grad,) = torch.autograd.grad(loss, x_adv)
-    out = x.detach() + epsilon * grad.sign()
+    return grad.sign()
+
+
+def _perturb(x: torch.Tensor, direction: torch.Tensor, epsilon: float,
+             clamp: tuple[float, float] | None) -> torch.Tensor:
+    out = x.detach() + epsilon * direction
     if clamp is not None:
         out = out.clamp(clamp[0], clamp[1])
     return out.detach()
@@ -77,7 +87,9 @@ def accuracy_vs_epsilon(model: nn.Module, data: DataBundle, epsilons: Sequence[f
     """Accuracy under FGSM for each epsilon (raw units), on the test split by default.
 
     Epsilon 0 gives exactly the clean accuracy: the perturbation is then ``0 * sign``
-    and the batches are those of the clean evaluation.
+    and the batches are those of the clean evaluation. The attack direction is computed
+    once per batch and shared by all epsilons (one gradient per batch, not one per
+    epsilon: FGSM's direction does not depend on the step size).
 
     Returns
     -------
@@ -91,17 +103,16 @@ def accuracy_vs_epsilon(model: nn.Module, data: DataBundle, epsilons: Sequence[f
     module.eval()
     device = next(module.parameters()).device
     rng = data.normalised_range()
-    accs = []
     try:
-        for e in eps:
-            e_norm = e / data.std
-            correct = 0
-            for xb, yb in iterate_batches(x, y, batch_size):
-                xb, yb = xb.to(device), yb.to(device)
-                x_adv = fgsm(module, xb, yb, e_norm, clamp=rng if e > 0 else None)
+        correct = [0] * len(eps)
+        for xb, yb in iterate_batches(x, y, batch_size):
+            xb, yb = xb.to(device), yb.to(device)
+            direction = _loss_grad_sign(module, xb, yb) if any(e > 0 for e in eps) else torch.zeros_like(xb)
+            for i, e in enumerate(eps):
+                x_adv = _perturb(xb, direction, e / data.std, rng if e > 0 else None)
                 with torch.no_grad():
-                    correct += int((module(x_adv).argmax(1) == yb).sum())
-            accs.append(correct / len(y))
+                    correct[i] += int((module(x_adv).argmax(1) == yb).sum())
+        accs = [c / len(y) for c in correct]
     finally:
         module.train(was_training)
     return accs

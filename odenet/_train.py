@@ -38,7 +38,7 @@ from ._io import (CHECKPOINT_FORMAT, CheckpointError, check_config_match, load_c
                   save_checkpoint, write_csv, write_json)
 
 __all__ = [
-    "VIEWS", "SOLVER_KEYS", "TrainConfig", "TrainResult", "TrainingError",
+    "VIEWS", "FIELDS", "field_arch", "SOLVER_KEYS", "TrainConfig", "TrainResult", "TrainingError",
     "set_seed", "get_rng_state", "set_rng_state", "resolve_device", "solver_config_for",
     "build_view_model", "check_model_matches_data", "evaluate", "fit", "train", "load_model",
 ]
@@ -49,7 +49,7 @@ VIEWS: dict[str, dict[str, Any]] = {
     "resnet": dict(method="euler", steps=4, rtol=1e-3, atol=1e-4, gradient="direct",
                    options=None),
     "implicit": dict(method="implicit_euler", steps=4, rtol=1e-3, atol=1e-4, gradient="direct",
-                     options={"root_finder": "anderson"}),
+                     options={"root_finder": "newton_krylov", "root_rtol": 1e-3, "root_atol": 1e-4}),
     "node": dict(method="dopri5", steps=None, rtol=1e-3, atol=1e-4, gradient="adjoint",
                  options=None),
 }
@@ -177,7 +177,9 @@ def build_view_model(view: str, data: DataBundle, *, width: int = 32, solver: Ma
     Image data gets :class:`odenet.ImageClassifier` (``width`` channels), 2-D data
     :class:`odenet.MLPClassifier` (``width`` hidden units). ``solver`` holds
     overrides passed to :func:`solver_config_for`; ``arch`` extra architecture
-    keywords (``augment``, ``spectral_norm``, ...).
+    keywords (``augment``, ``spectral_norm``, ``field``, ``expansion``, ...); ``field`` is
+    ``"parabolic"`` or ``"unconstrained"`` (:class:`ConvField` / :class:`MLPField`) or a
+    model's own field name.
     """
     if not isinstance(data, DataBundle):
         raise TypeError(f"data must be a DataBundle from odenet.load_dataset, got {type(data).__name__}")
@@ -186,6 +188,11 @@ def build_view_model(view: str, data: DataBundle, *, width: int = 32, solver: Ma
     cfg = solver_config_for(view, **dict(solver or {}))
     kwargs = data.model_kwargs()
     kwargs["width" if data.kind == "image" else "hidden"] = width
+    arch = dict(arch)
+    if arch.get("field") == "unconstrained":  # the family's free field: ConvField or MLPField
+        arch["field"] = "conv" if data.kind == "image" else "mlp"
+    if arch.get("field") == "parabolic" and data.kind != "image":
+        arch.setdefault("depth", 1)  # a parabolic MLP field has one hidden layer
     kwargs.update(arch)
     return _model_api().build_model(data.kind, **kwargs, **cfg)
 
@@ -586,6 +593,29 @@ def _restore(path: Path, module: nn.Module, optimizer, run_cfg: Mapping,
 
 # ----------------------------------------------------------------------------- train(config)
 
+#: Field families every view can share: ``parabolic`` (one-sided Lipschitz bound
+#: ``expansion``, so backward Euler with ``h * expansion < 1`` is well posed) or
+#: ``unconstrained`` (:class:`odenet.ConvField` / :class:`odenet.MLPField`).
+FIELDS = ("parabolic", "unconstrained")
+
+
+#: The parabolic field's default ``expansion``: with the views' 4 steps over [0, 1],
+#: ``h * expansion = 0.5``, so every backward Euler step is uniquely solvable.
+DEFAULT_EXPANSION = 2.0
+
+
+def field_arch(field: str, expansion: float | None = None) -> dict:
+    """Architecture keywords of a field family (validated); ``expansion=None``: the default."""
+    if field not in FIELDS:
+        raise ValueError(f"unknown field {field!r}; choose one of {', '.join(FIELDS)}")
+    if field == "parabolic":
+        return {"field": field, "expansion": DEFAULT_EXPANSION if expansion is None else float(expansion)}
+    if expansion:
+        raise ValueError(f"`expansion` applies to the parabolic field only; with field={field!r} pass "
+                         f"expansion=0, got {expansion!r}")
+    return {"field": field}
+
+
 @dataclass
 class TrainConfig:
     """Settings of :func:`train` (and of ``odenet train``).
@@ -593,7 +623,8 @@ class TrainConfig:
     ``model`` is the view: ``"resnet"`` (Euler, fixed steps), ``"implicit"``
     (backward Euler with a root finder) or ``"node"`` (dopri5, adjoint). The
     ``method``/``steps``/``rtol``/``atol``/``gradient``/``root_finder`` fields
-    override that view's solver settings when not ``None``.
+    override that view's solver settings when not ``None``. ``field`` (``"parabolic"``,
+    the default, or ``"unconstrained"``) and ``expansion`` choose the vector field.
     """
 
     model: str = "resnet"
@@ -605,6 +636,8 @@ class TrainConfig:
     seed: int = 0
     width: int = 32
     spectral_norm: bool = False
+    field: str = "parabolic"
+    expansion: float | None = None
     augment: int = 0
     out: str | None = "runs/train"
     device: str = "auto"
@@ -648,6 +681,7 @@ def train(config: TrainConfig | None = None, **kwargs: Any) -> TrainResult:
     set_seed(config.seed)
     arch = {"augment": config.augment} if config.augment else {}
     arch["spectral_norm"] = bool(config.spectral_norm)
+    arch.update(field_arch(config.field, config.expansion))
     model = build_view_model(config.model, data, width=config.width,
                              solver=config.solver_overrides(), **arch)
     run_cfg = dict(model=config.model, data=config.data, seed=config.seed,

@@ -85,9 +85,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-test", type=_positive_int, default=None,
                    help="use only the first N test samples")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--field", default="parabolic", choices=("parabolic", "unconstrained"),
+                   help="the vector field: parabolic (default; one-sided Lipschitz bound EXPANSION, so "
+                        "backward Euler is well posed for steps h < 1/EXPANSION) or unconstrained")
+    p.add_argument("--expansion", type=float, default=None,
+                   help="the parabolic field's one-sided Lipschitz bound (default 2.0)")
     p.add_argument("--spectral-norm", action="store_true",
-                   help="spectrally normalise the field's layers (bounds its Lipschitz constant, "
-                        "which keeps the implicit view's root finding well-posed)")
+                   help="spectrally normalise the field's layers (bounds its Lipschitz constant)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +157,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(model=args.model, data=args.data, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      seed=args.seed, width=args.width, augment=args.augment, spectral_norm=args.spectral_norm, out=args.out,
+                      seed=args.seed, width=args.width, augment=args.augment, spectral_norm=args.spectral_norm,
+                      field=args.field, expansion=args.expansion, out=args.out,
                       device=args.device, resume=args.resume, overwrite=args.overwrite,
                       quiet=args.quiet, limit_train=args.limit_train, limit_test=args.limit_test,
                       method=args.method, steps=args.steps, rtol=args.rtol, atol=args.atol,
@@ -176,7 +181,8 @@ def _run_compare(args: argparse.Namespace) -> int:
     kw = dict(data=args.data, models=args.models, solvers=args.solvers, batch_size=args.batch_size,
               lr=args.lr, seed=args.seed, width=args.width, limit_train=args.limit_train,
               limit_test=args.limit_test, device=args.device, out=args.out, quiet=args.quiet,
-              plots=not args.no_plots, spectral_norm=args.spectral_norm)
+              plots=not args.no_plots, spectral_norm=args.spectral_norm, field=args.field,
+              expansion=args.expansion)
     if args.epochs is not None:
         kw["epochs"] = args.epochs
     if args.epsilons is not None:

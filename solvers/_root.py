@@ -13,8 +13,10 @@ Convergence is decided per sample by :class:`_Monitor`: the update ``dx`` is mea
 the scaled RMS norm ``rms(dx / (atol + rtol*|x|))``; a sample has converged when the
 update is tiny (``<= 0.01``) or when the rate-based estimate of the remaining error,
 ``rate/(1-rate) * |dx|``, is at most one (rates in the scaled norm with the first
-iteration's scale held fixed). A sample diverges when the rate exceeds
-``divergence_rate`` (2 by default) or the update is non-finite. Converged and diverged
+iteration's scale held fixed). A sample diverges when its residual grows by more than
+``divergence_rate`` (2 by default) in one iteration or for three in a row, or becomes
+non-finite; Anderson, whose residual may rise before it falls, uses a non-monotone test
+instead (residual above ``divergence_factor`` times its smallest value). Converged and diverged
 samples are frozen (their state no longer changes and, for Newton, their linear solves
 are skipped). The iteration loop synchronises with the host once per iteration (one
 transfer of the per-sample norms; the per-sample bookkeeping runs in NumPy).
@@ -114,8 +116,14 @@ class _Monitor:
     few dozen tiny tensor operations it replaces. :attr:`active` is the device mask.
     """
 
-    def __init__(self, B: int, device, divergence_rate: float, need_residual: bool = False):
+    def __init__(self, B: int, device, divergence_rate: float, need_residual: bool = False,
+                 growth_limit: Optional[float] = None):
         self.device = device
+        # non-monotone iterations (Anderson) may raise the residual for a while before they
+        # converge (e.g. when the plain iteration does not contract): they diverge only when
+        # the residual exceeds ``growth_limit`` times the smallest one seen so far
+        self.growth_limit = growth_limit
+        self.best_r: Optional[np.ndarray] = None
         self.active_np = np.ones(B, dtype=bool)
         self.converged = np.zeros(B, dtype=bool)
         self.diverged = np.zeros(B, dtype=bool)
@@ -166,7 +174,14 @@ class _Monitor:
         conv = act & finite & ((d <= 0.01) | (est <= 1.0))
         if self.need_residual:  # non-monotone iterations (Anderson): also ask for a small residual
             conv &= res <= 1.0
-        div = act & ~conv & (~finite | (rate_r > self.divergence_rate))
+        if self.growth_limit is None:
+            grew = rate_r > self.divergence_rate
+        else:
+            best = raw_r if self.best_r is None else np.minimum(self.best_r, raw_r)
+            with np.errstate(invalid="ignore"):
+                grew = raw_r > self.growth_limit * best
+            self.best_r = np.where(np.isfinite(raw_r), best, self.best_r if self.best_r is not None else raw_r)
+        div = act & ~conv & (~finite | grew)
         self.converged |= conv
         self.diverged |= div
         act = act & ~(conv | div)
@@ -193,7 +208,11 @@ class _Monitor:
         n_div = int(self.diverged.sum())
         n_bad = int((~self.converged).sum())
         if n_div:
-            reason = f"diverged in {n_div} of {x.shape[0]} sample(s) (residual grew by > {self.divergence_rate:g} in one iteration or for 3 in a row, or non-finite)"
+            if self.growth_limit is None:
+                how = f"residual grew by > {self.divergence_rate:g} in one iteration or for 3 in a row, or non-finite"
+            else:
+                how = f"residual grew to > {self.growth_limit:g} times its smallest value, or non-finite"
+            reason = f"diverged in {n_div} of {x.shape[0]} sample(s) ({how})"
         else:
             reason = f"not converged in {max_iters} iterations in {n_bad} of {x.shape[0]} sample(s)"
         return RootResult(x, converged, k, res, reason)
@@ -275,20 +294,32 @@ class Anderson(AbstractRootFinder):
 
     Each sample keeps its own history and solves its own small regularised least-squares
     problem (batched), so samples never mix. One evaluation per iteration.
+
+    On a linear problem Anderson acceleration is GMRES in disguise (Walker & Ni, 2011): it
+    converges where the plain iteration does not contract, as long as ``I - G'`` is
+    nonsingular, but its residual need not fall monotonically on the way (the first,
+    plain step can raise it by ``|G'|``). A sample therefore diverged only when its
+    residual exceeds ``divergence_factor`` times the smallest residual it has had (or
+    becomes non-finite); ``divergence_rate`` is not used.
     """
 
     name = "anderson"
 
-    def __init__(self, m: int = 5, beta: float = 1.0, max_iters: int = 50, reg: float = 1e-10, divergence_rate: float = 2.0):
-        super().__init__(max_iters, divergence_rate)
+    def __init__(self, m: int = 5, beta: float = 1.0, max_iters: int = 50, reg: float = 1e-10,
+                 divergence_factor: float = 1e3):
+        super().__init__(max_iters)
         self.m = _positive_int("m", m)
         self.beta = _positive_float("beta", beta, 1.0)
         self.reg = float(reg)
+        self.divergence_factor = _positive_float("divergence_factor", divergence_factor)
+        if self.divergence_factor <= 1:
+            raise ValueError(f"`divergence_factor` must be > 1, got {divergence_factor!r}")
 
     def solve(self, eq, x0, tol, stats, cache=None):
         x = x0
         B = x.shape[0]
-        mon = _Monitor(B, x.device, self.divergence_rate, need_residual=True)
+        mon = _Monitor(B, x.device, self.divergence_rate, need_residual=True,
+                       growth_limit=self.divergence_factor)
         xs, fs = [], []
         k = 0
         for k in range(1, self.max_iters + 1):
@@ -463,17 +494,41 @@ class NewtonKrylov(AbstractRootFinder):
     For large states (conv feature maps) where a dense Jacobian is out of reach. Each
     sample has its own Krylov space (batched Arnoldi); the linear solve stops at a relative
     residual ``forcing`` per sample.
+
+    Globalised by a per-sample backtracking line search on the residual norm: a sample
+    whose full Newton step does not reduce ``|G(x) - x|`` by the Armijo factor
+    ``1 - 1e-4 * alpha`` halves its step (at most ``max_backtracks`` times; one batched
+    evaluation of ``G`` per halving, only while some sample needs it). Plain Newton
+    overshoots where the Jacobian changes fast (saturating activations at large step
+    sizes) and can diverge even on a strongly monotone equation; the line search makes
+    each iteration reduce the residual instead.
     """
 
     name = "newton_krylov"
     backward_kind = "krylov"
     explicit_predictor = False
 
-    def __init__(self, max_iters: int = 20, restart: int = 20, max_restarts: int = 2, forcing: float = 1e-2, divergence_rate: float = 2.0):
+    def __init__(self, max_iters: int = 20, restart: int = 20, max_restarts: int = 2, forcing: float = 1e-2,
+                 divergence_rate: float = 2.0, max_backtracks: int = 8):
         super().__init__(max_iters, divergence_rate)
         self.restart = _positive_int("restart", restart)
         self.max_restarts = _positive_int("max_restarts", max_restarts)
         self.forcing = _positive_float("forcing", forcing, 1.0)
+        if isinstance(max_backtracks, bool) or not isinstance(max_backtracks, int) or max_backtracks < 0:
+            raise ValueError(f"`max_backtracks` must be an int >= 0, got {max_backtracks!r}")
+        self.max_backtracks = max_backtracks
+
+    def _line_search(self, eq, x, dx, rnorm):
+        """Per-sample backtracking: the largest ``alpha = 2^-j`` with sufficient decrease."""
+        alpha = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        for _ in range(self.max_backtracks):
+            trial = x + alpha[:, None] * dx
+            tnorm = torch.linalg.vector_norm(eq.G(trial) - trial, dim=1)
+            bad = ~(tnorm <= (1 - 1e-4 * alpha) * rnorm)  # NaN counts as bad
+            if not bool(bad.any()):  # one host sync per trial
+                break
+            alpha = torch.where(bad, alpha * 0.5, alpha)
+        return alpha[:, None] * dx
 
     def solve(self, eq, x0, tol, stats, cache=None):
         x = x0
@@ -491,7 +546,10 @@ class NewtonKrylov(AbstractRootFinder):
             stats.n_linear_solves += 1
             act = mon.active[:, None]
             dx = torch.where(act, dx, torch.zeros_like(dx))
-            x_new = x + dx
+            # the monitor judges convergence by the full Newton step (an estimate of the
+            # distance to the root), not by the possibly shortened step actually taken
+            step = self._line_search(eq, x, dx, torch.linalg.vector_norm(r, dim=1)) if self.max_backtracks else dx
+            x_new = x + step
             more = mon.update(dx, r, tol.scale(x_new))
             x = x_new
             if not more:

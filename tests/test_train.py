@@ -133,7 +133,8 @@ def test_rng_state_roundtrip():
 def test_solver_config_for():
     assert solver_config_for("resnet") == VIEWS["resnet"]
     assert solver_config_for("node", rtol=1e-5)["rtol"] == 1e-5
-    assert solver_config_for("implicit", root_finder="newton")["options"] == {"root_finder": "newton"}
+    assert solver_config_for("implicit", root_finder="newton")["options"] == {
+        "root_finder": "newton", "root_rtol": 1e-3, "root_atol": 1e-4}
     cfg = solver_config_for("node", method="rk4")
     assert cfg["method"] == "rk4" and cfg["steps"] == 4 and cfg["options"] is None
     assert solver_config_for("resnet", method="rk4", steps=None)["steps"] == 4
