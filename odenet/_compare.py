@@ -83,7 +83,7 @@ class CompareConfig:
     batch_size: int = 64
     lr: float = 3e-3
     seed: int = 0
-    width: int = 32
+    width: int = 16
     field: str = "parabolic"
     expansion: float | None = None
     spectral_norm: bool = False

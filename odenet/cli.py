@@ -77,7 +77,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate (default 3e-3)")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
     p.add_argument("--width", type=_positive_int, default=32,
-                   help="channels of the conv field / hidden units of the MLP field (default 32)")
+                   help="channels of the conv field / hidden units of the MLP field (default: train 32, "
+                        "compare 16)")
     p.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"),
                    help="where to train (default: auto = cuda if available)")
     p.add_argument("--limit-train", type=_positive_int, default=None,
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "print one table (accuracy, time, function evaluations, memory, FGSM, "
                     "cross-solver accuracy) and write results.json and PNGs into --out.")
     _common(cp)
-    cp.set_defaults(epochs=None, device="cpu")
+    cp.set_defaults(epochs=None, device="cpu", width=16)
     cp.add_argument("--models", type=_name_list(_VIEWS), default=list(_VIEWS),
                     help="comma-separated views to train (default resnet,implicit,node)")
     cp.add_argument("--solvers", type=_name_list(_VIEWS), default=None,
