@@ -500,7 +500,19 @@ def fit(model: nn.Module, data: DataBundle, *, epochs: int, batch_size: int = 64
                            out=out_dir, resumed_from=start_epoch)
     finally:
         if ctx.owns_group:
-            torch.distributed.destroy_process_group()
+            # tear down in order: every rank past its last collective, the DDP wrapper (its
+            # reducer holds communication hooks on the group) gone, then the group itself; a
+            # wrapper outliving its group aborted a rank at interpreter exit ("terminate
+            # called without an active exception")
+            train_model = None  # noqa: F841
+            import gc
+
+            gc.collect()
+            try:
+                if sys.exc_info()[0] is None:  # not on the error path: a peer may never arrive
+                    torch.distributed.barrier()
+            finally:
+                torch.distributed.destroy_process_group()
 
 
 def _train_epoch(train_model, module, optimizer, x, y, *, epoch, epochs, batch_size, seed, ctx,
