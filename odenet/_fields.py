@@ -77,6 +77,21 @@ def _activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+def _check_kernel_size(kernel_size) -> int:
+    _check_int("kernel_size", kernel_size, 1)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"`kernel_size` must be odd so the field keeps the image size, got {kernel_size}")
+    return kernel_size
+
+
+def _check_images(field: nn.Module, x: torch.Tensor) -> None:
+    """``x`` must be ``[B, field.channels, H, W]``; the error names the field class."""
+    if x.dim() != 4 or x.shape[1] != field.channels:
+        raise ValueError(
+            f"{type(field).__name__}(channels={field.channels}) expects images of shape "
+            f"[B, {field.channels}, H, W], got {tuple(x.shape)}")
+
+
 def _time_like(t, x: torch.Tensor) -> torch.Tensor:
     """``t`` as a 0-dim tensor in ``x``'s dtype and device (keeps its graph)."""
     if isinstance(t, torch.Tensor):
@@ -225,9 +240,7 @@ class ConvField(nn.Module):
         super().__init__()
         self.channels = _check_int("channels", channels, 1)
         self.hidden = _check_int("hidden", channels if hidden is None else hidden, 1)
-        self.kernel_size = _check_int("kernel_size", kernel_size, 1)
-        if kernel_size % 2 == 0:
-            raise ValueError(f"`kernel_size` must be odd so the field keeps the image size, got {kernel_size}")
+        self.kernel_size = _check_kernel_size(kernel_size)
         self.time = _check_time(time)
         concat = time == "concat"
         self.conv1 = _TimeConv(self.channels, self.hidden, kernel_size, concat)
@@ -247,10 +260,7 @@ class ConvField(nn.Module):
             spectral_normalize(self)
 
     def forward(self, t, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(
-                f"ConvField(channels={self.channels}) expects images of shape [B, {self.channels}, H, W], "
-                f"got {tuple(x.shape)}")
+        _check_images(self, x)
         tt = _time_like(t, x) if self.time != "none" else None
         h = self.conv1(tt, x)  # (B, hidden, H, W)
         if self.norm is not None:

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._fields import _activation, _check_int, _time_like, spectral_normalize
+from ._fields import _activation, _check_images, _check_int, _check_kernel_size, _time_like, spectral_normalize
 
 __all__ = ["MONOTONE_ACTIVATIONS", "ParabolicConvField", "ParabolicMLPField"]
 
@@ -82,7 +82,7 @@ def _check_args(activation: str, time: str, expansion: float) -> float:
 
 
 class _ParabolicBase(nn.Module):
-    """Shared parts: time-affine biases, the expansion rate and the bound."""
+    """The parabolic formula; subclasses supply ``K x``, ``K^T y``, the skew term and a shape check."""
 
     def _init_common(self, activation: str, time: str, expansion: float, bias_shape_hidden, bias_shape_state):
         self.expansion = _check_args(activation, time, expansion)
@@ -102,11 +102,20 @@ class _ParabolicBase(nn.Module):
         """An upper bound on ``<f(t,x)-f(t,y), x-y> / |x-y|^2``: ``expansion``, whatever the weights."""
         return self.expansion
 
-    def _biases(self, t, x):
-        if self.time == "none":
-            return None, self.out_bias
-        tt = _time_like(t, x)
-        return tt * self.hidden_bias_t, self.out_bias + tt * self.out_bias_t
+    def forward(self, t, x: torch.Tensor) -> torch.Tensor:
+        self._check_state(x)
+        h = self._k(x)  # K x + b, the constant bias b included
+        c = self.out_bias
+        if self.time != "none":
+            tt = _time_like(t, x)
+            h = h + tt * self.hidden_bias_t
+            c = c + tt * self.out_bias_t
+        out = c - self._kt(self.act(h))  # -K^T act(K x + b(t)) + c(t)
+        if self.skew:
+            out = out + self._skew_term(x)  # (A - A^T) x
+        if self.expansion:
+            out = out + self.expansion * x
+        return out
 
 
 class ParabolicConvField(_ParabolicBase):
@@ -152,9 +161,7 @@ class ParabolicConvField(_ParabolicBase):
         super().__init__()
         self.channels = _check_int("channels", channels, 1)
         self.hidden = _check_int("hidden", channels if hidden is None else hidden, 1)
-        self.kernel_size = _check_int("kernel_size", kernel_size, 1)
-        if kernel_size % 2 == 0:
-            raise ValueError(f"`kernel_size` must be odd so the field keeps the image size, got {kernel_size}")
+        self.kernel_size = _check_kernel_size(kernel_size)
         self._init_common(activation, time, expansion, (1, self.hidden, 1, 1), (1, self.channels, 1, 1))
         self.padding = kernel_size // 2
         self.conv = nn.Conv2d(self.channels, self.hidden, kernel_size, padding=self.padding)
@@ -164,24 +171,17 @@ class ParabolicConvField(_ParabolicBase):
         if spectral_norm:
             spectral_normalize(self)
 
-    def forward(self, t, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.channels:
-            raise ValueError(
-                f"ParabolicConvField(channels={self.channels}) expects images of shape [B, {self.channels}, H, W], "
-                f"got {tuple(x.shape)}")
-        b_t, c = self._biases(t, x)
-        h = self.conv(x)  # (B, hidden, H, W); includes the constant bias b
-        if b_t is not None:
-            h = h + b_t
-        w = self.conv.weight
-        out = F.conv_transpose2d(self.act(h), w, padding=self.padding)  # K^T act(Kx + b): (B, C, H, W)
-        out = c - out
-        if self.skew_conv is not None:
-            a = self.skew_conv.weight
-            out = out + self.skew_conv(x) - F.conv_transpose2d(x, a, padding=self.padding)
-        if self.expansion:
-            out = out + self.expansion * x
-        return out
+    def _check_state(self, x):
+        _check_images(self, x)
+
+    def _k(self, x):
+        return self.conv(x)  # (B, hidden, H, W)
+
+    def _kt(self, y):  # the exact adjoint of the zero-padded stride-1 convolution: (B, C, H, W)
+        return F.conv_transpose2d(y, self.conv.weight, padding=self.padding)
+
+    def _skew_term(self, x):
+        return self.skew_conv(x) - F.conv_transpose2d(x, self.skew_conv.weight, padding=self.padding)
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, hidden={self.hidden}, kernel_size={self.kernel_size}, "
@@ -208,22 +208,20 @@ class ParabolicMLPField(_ParabolicBase):
         if spectral_norm:
             spectral_normalize(self)
 
-    def forward(self, t, x: torch.Tensor) -> torch.Tensor:
+    def _check_state(self, x):
         if x.dim() < 1 or x.shape[-1] != self.dim:
             raise ValueError(f"ParabolicMLPField(dim={self.dim}) expects a state of shape [..., {self.dim}], "
                              f"got {tuple(x.shape)}")
-        b_t, c = self._biases(t, x)
-        h = self.linear(x)
-        if b_t is not None:
-            h = h + b_t
-        w = self.linear.weight  # (hidden, dim)
-        out = c - self.act(h) @ w  # -W^T act(Wx + b)
-        if self.skew_linear is not None:
-            a = self.skew_linear.weight
-            out = out + x @ (a.t() - a)  # (A - A^T) x for row vectors x
-        if self.expansion:
-            out = out + self.expansion * x
-        return out
+
+    def _k(self, x):
+        return self.linear(x)
+
+    def _kt(self, y):
+        return y @ self.linear.weight  # W^T y for row vectors y
+
+    def _skew_term(self, x):
+        a = self.skew_linear.weight
+        return x @ (a.t() - a)  # (A - A^T) x for row vectors x
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, hidden={self.hidden}, time={self.time!r}, activation={self.activation!r}, "

@@ -20,6 +20,7 @@ prints and writes files.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import sys
@@ -451,6 +452,7 @@ def fit(model: nn.Module, data: DataBundle, *, epochs: int, batch_size: int = 64
                          "or choose another --out")
 
     ctx = _setup_distributed(str(device))
+    completed = False
     try:
         dev = resolve_device(device, local_rank=ctx.local_rank)
         module = model.to(dev)
@@ -495,6 +497,7 @@ def fit(model: nn.Module, data: DataBundle, *, epochs: int, batch_size: int = 64
                       f"+{row['vjp_backward']:.1f} vjp  {row['epoch_time']:.1f}s", flush=True)
             if on_epoch is not None:
                 on_epoch(row)
+        completed = True
         return TrainResult(model=module, metrics=metrics,
                            train_time=float(sum(r["epoch_time"] for r in metrics)),
                            out=out_dir, resumed_from=start_epoch)
@@ -505,11 +508,9 @@ def fit(model: nn.Module, data: DataBundle, *, epochs: int, batch_size: int = 64
             # wrapper outliving its group aborted a rank at interpreter exit ("terminate
             # called without an active exception")
             train_model = None  # noqa: F841
-            import gc
-
             gc.collect()
             try:
-                if sys.exc_info()[0] is None:  # not on the error path: a peer may never arrive
+                if completed:  # on the error path a peer may never reach the barrier
                     torch.distributed.barrier()
             finally:
                 torch.distributed.destroy_process_group()
