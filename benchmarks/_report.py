@@ -1,7 +1,7 @@
 """Where benchmark results go, written the way the project writes files: atomically.
 
 Every script writes its Markdown table with :func:`write_table` and its figure with
-:func:`save_figure`; both reuse odenet's atomic writers (``odenet._io``, ``odenet._plots``).
+:func:`save_figure`; both reuse odenet's atomic writers (``odenet._io``, ``odenet.jobs._plots``).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from odenet._io import atomic_write_text
-from odenet._plots import _pyplot as pyplot
-from odenet._plots import _save
+from odenet.jobs._plots import _pyplot as pyplot
+from odenet.jobs._plots import _save
 
 __all__ = ["RESULTS", "pyplot", "save_figure", "write_table"]
 

@@ -15,19 +15,23 @@ The pieces, bottom up:
   robustness (:func:`fgsm`, :func:`accuracy_vs_epsilon`) and the ``odenet compare``
   main job (:func:`compare`).
 
+Subpackages: ``fields``, ``models``, ``data``, ``training``, ``robustness``, ``jobs``; the
+block is ``odenet._block`` and the command line ``odenet.cli``. Every public name is
+importable from ``odenet`` itself.
+
 The command line is ``odenet train`` / ``odenet compare`` (or ``python -m odenet``).
 """
 
 from ._block import SOLVER_KEYS, ODEBlock
-from ._compare import CompareConfig, compare, format_table
-from ._data import DATASETS, DataBundle, iterate_batches, load_dataset
-from ._fields import ACTIVATIONS, TIME_MODES, ConvField, LayerwiseField, MLPField, spectral_normalize
-from ._parabolic import MONOTONE_ACTIVATIONS, ParabolicConvField, ParabolicMLPField
 from ._io import CheckpointError, load_checkpoint, save_checkpoint
-from ._models import MODEL_KINDS, ImageClassifier, MLPClassifier, build_model
-from ._robust import accuracy_vs_epsilon, fgsm, fgsm_accuracy, noise_accuracy
-from ._train import (FIELDS, VIEWS, TrainConfig, TrainingError, TrainResult, build_view_model, evaluate, fit,
-                     load_model, set_seed, solver_config_for, train)
+from .data import DATASETS, DataBundle, iterate_batches, load_dataset
+from .fields import (ACTIVATIONS, MONOTONE_ACTIVATIONS, TIME_MODES, ConvField, LayerwiseField, MLPField,
+                     ParabolicConvField, ParabolicMLPField, spectral_normalize)
+from .jobs import CompareConfig, compare, format_table
+from .models import MODEL_KINDS, ImageClassifier, MLPClassifier, build_model
+from .robustness import accuracy_vs_epsilon, fgsm, fgsm_accuracy, noise_accuracy
+from .training import (FIELDS, VIEWS, TrainConfig, TrainingError, TrainResult, build_view_model, evaluate, fit,
+                       load_model, set_seed, solver_config_for, train)
 
 __all__ = [
     # fields and the block

@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 
 import solvers
 
-from ._fields import LayerwiseField
+from .fields._standard import LayerwiseField
 
 __all__ = ["ODEBlock", "SOLVER_KEYS"]
 

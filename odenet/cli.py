@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from ._train import TrainConfig, train
+    from .training._run import TrainConfig, train
 
     cfg = TrainConfig(model=args.model, data=args.data, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -177,7 +177,7 @@ def _is_main_process() -> bool:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from ._compare import CompareConfig, compare
+    from .jobs._compare import CompareConfig, compare
 
     kw = dict(data=args.data, models=args.models, solvers=args.solvers, batch_size=args.batch_size,
               lr=args.lr, seed=args.seed, width=args.width, limit_train=args.limit_train,
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from ._io import CheckpointError
-    from ._train import TrainingError
+    from .training._loop import TrainingError
 
     try:
         import solvers

@@ -1,10 +1,10 @@
-"""Tests of odenet._data: shapes, determinism, splits, normalisation, bad input."""
+"""Tests of odenet.data._classification: shapes, determinism, splits, normalisation, bad input."""
 
 import numpy as np
 import pytest
 import torch
 
-from odenet._data import DATASETS, iterate_batches, load_dataset
+from odenet.data._classification import DATASETS, iterate_batches, load_dataset
 
 
 def test_digits_shapes_and_split():

@@ -1,4 +1,4 @@
-"""Tests of odenet._train and odenet._robust: resume equivalence, checkpoints, seeds, FGSM."""
+"""Tests of odenet.training and odenet.robustness._attacks: resume equivalence, checkpoints, seeds, FGSM."""
 
 import json
 import math
@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from odenet._data import load_dataset
+from odenet.data._classification import load_dataset
 from odenet._io import CheckpointError, load_checkpoint
-from odenet._robust import accuracy_vs_epsilon, fgsm, noise_accuracy
-from odenet._train import (VIEWS, TrainingError, evaluate, fit, get_rng_state, resolve_device,
+from odenet.robustness._attacks import accuracy_vs_epsilon, fgsm, noise_accuracy
+from odenet.training import (VIEWS, TrainingError, evaluate, fit, get_rng_state, resolve_device,
                            set_rng_state, set_seed, solver_config_for, train)
 
 TIME_KEYS = {"epoch_time"}
@@ -220,7 +220,7 @@ def test_views_train_and_count_evaluations(view):
 
 
 def test_load_model_and_swap_solver(tmp_path):
-    from odenet._train import load_model
+    from odenet.training import load_model
 
     res = train(model="resnet", data="circles", epochs=1, width=8, out=str(tmp_path), quiet=True,
                 device="cpu")

@@ -24,7 +24,7 @@ def _pyplot():
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    from ._io import atomic_write_bytes
+    from .._io import atomic_write_bytes
     import io
 
     buf = io.BytesIO()

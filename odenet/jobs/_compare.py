@@ -21,7 +21,7 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._data import DATASETS, DataBundle, load_dataset
-from ._io import write_json
-from ._robust import accuracy_vs_epsilon
-from ._train import (SOLVER_KEYS, VIEWS, TrainingError, build_view_model, evaluate, field_arch, fit,
-                     resolve_device, set_seed, solver_config_for)
+from ..data._classification import DATASETS, DataBundle, load_dataset
+from .._io import write_json
+from ..robustness._attacks import accuracy_vs_epsilon
+from ..training._views import SOLVER_KEYS, VIEWS, build_view_model, field_arch, solver_config_for
+from ..training._loop import TrainingError, evaluate, fit
+from ..training._runtime import resolve_device, set_seed
 
 __all__ = ["CompareConfig", "compare", "format_table", "peak_step_memory"]
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._data import DataBundle, iterate_batches
+from ..data._classification import DataBundle, iterate_batches
 
 __all__ = ["fgsm", "fgsm_accuracy", "accuracy_vs_epsilon", "noise_accuracy"]
 

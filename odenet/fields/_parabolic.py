@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._fields import _activation, _check_images, _check_int, _check_kernel_size, _time_like, spectral_normalize
+from ._standard import _activation, _check_images, _check_int, _check_kernel_size, _time_like, spectral_normalize
 
 __all__ = ["MONOTONE_ACTIVATIONS", "ParabolicConvField", "ParabolicMLPField"]
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn

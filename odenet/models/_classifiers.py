@@ -21,9 +21,9 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 from torch import nn
 
-from ._block import SOLVER_KEYS, ODEBlock
-from ._fields import ConvField, LayerwiseField, MLPField, _check_int
-from ._parabolic import ParabolicConvField, ParabolicMLPField
+from .._block import SOLVER_KEYS, ODEBlock
+from ..fields._standard import ConvField, LayerwiseField, MLPField, _check_int
+from ..fields._parabolic import ParabolicConvField, ParabolicMLPField
 
 __all__ = ["ImageClassifier", "MLPClassifier", "build_model", "MODEL_KINDS"]
 

@@ -1,0 +1,13 @@
+"""Vector fields: ``nn.Module``s with ``forward(t, x)`` returning ``dx/dt``.
+
+:class:`MLPField` and :class:`ConvField` (time-conditioned by concatenation or FiLM),
+the parabolic :class:`ParabolicConvField` / :class:`ParabolicMLPField` (a one-sided
+Lipschitz bound that keeps backward Euler well posed whatever the weights), and
+:class:`LayerwiseField` (piecewise constant in time: an untied ResNet).
+"""
+
+from ._parabolic import MONOTONE_ACTIVATIONS, ParabolicConvField, ParabolicMLPField
+from ._standard import ACTIVATIONS, TIME_MODES, ConvField, LayerwiseField, MLPField, spectral_normalize
+
+__all__ = ["MLPField", "ConvField", "ParabolicConvField", "ParabolicMLPField", "LayerwiseField",
+           "spectral_normalize", "ACTIVATIONS", "TIME_MODES", "MONOTONE_ACTIVATIONS"]

@@ -1,0 +1,9 @@
+"""Jobs: each reads a config, loads data, builds models, trains them with the one
+training loop, evaluates and writes a report (table, ``results.json``, PNGs).
+
+- ``compare``: one field as a ResNet, an implicit ResNet and a Neural ODE.
+"""
+
+from ._compare import CompareConfig, compare, format_table
+
+__all__ = ["CompareConfig", "compare", "format_table"]

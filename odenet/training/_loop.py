@@ -1,0 +1,370 @@
+"""Training loop: seeds, evaluation, metrics files, atomic checkpoints, resume and DDP.
+
+One vector field, three *views* of it (:data:`VIEWS`): an explicit ResNet (Euler
+with fixed steps), an implicit ResNet (backward Euler solved by a root finder) and
+a continuous Neural ODE (adaptive dopri5 trained with the adjoint). :func:`train`
+builds a model for a view and trains it; :func:`fit` trains any classifier.
+
+Runs are deterministic: every random source is seeded, the per-epoch shuffle is
+drawn from a generator seeded with ``seed + epoch`` (as
+:class:`torch.utils.data.distributed.DistributedSampler` does), and a checkpoint
+written after every epoch holds the weights, the optimiser state, all RNG states
+and the metrics so far, so that an interrupted run resumed with ``resume=True``
+ends with exactly the weights and metrics of an uninterrupted one.
+
+Under ``torchrun --nproc_per_node=N`` (environment variable ``WORLD_SIZE > 1``) the
+model is wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` (gloo on
+CPU, nccl on CUDA), each rank trains on its shard of every epoch and only rank 0
+prints and writes files."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data._classification import DataBundle, iterate_batches
+from .._io import (CHECKPOINT_FORMAT, CheckpointError, check_config_match, load_checkpoint,
+                  save_checkpoint, write_csv, write_json)
+from ._runtime import TrainingError, get_rng_state, resolve_device, set_rng_state, set_seed
+from ._distributed import _Dist, _setup_distributed, _epoch_indices
+from ._views import SOLVER_KEYS, check_model_matches_data
+
+_RESUME_KEYS = ("model", "data", "seed", "batch_size", "lr", "weight_decay", "limit_train",
+                "limit_test")
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _blocks(model: nn.Module) -> list:
+    m = _unwrap(model)
+    return list(m.ode_blocks()) if hasattr(m, "ode_blocks") else []
+
+
+def _batch_stats(model: nn.Module) -> tuple[float, float, float]:
+    """(forward f-evals, backward f-evals, backward vjps) of the last batch, over all blocks."""
+    fwd = bwd = vjp = 0.0
+    for block in _blocks(model):
+        s = getattr(block, "last_stats", None)
+        if s is None:
+            continue
+        fwd += float(getattr(s, "n_f_evals", 0) or 0)
+        bwd += float(getattr(s, "n_f_evals_backward", 0) or 0)
+        vjp += float(getattr(s, "n_vjp_evals", 0) or 0)
+    return fwd, bwd, vjp
+
+
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256,
+             _ctx: _Dist | None = None) -> dict:
+    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``.
+
+    The model is put in eval mode and restored afterwards. Returns a dict with
+    ``loss``, ``accuracy`` (in [0, 1]) and ``n``.
+    """
+    ctx = _ctx or _Dist()
+    module = _unwrap(model)
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters()).device
+    idx = torch.arange(ctx.rank, len(y), ctx.world)
+    loss_sum = correct = 0.0
+    try:
+        for xb, yb in iterate_batches(x, y, batch_size, indices=idx):
+            xb, yb = xb.to(device), yb.to(device)
+            logits = module(xb)
+            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += float((logits.argmax(1) == yb).sum())
+    finally:
+        module.train(was_training)
+    loss_sum, correct, n = ctx.all_sum([loss_sum, correct, float(len(idx))], device)
+    return {"loss": loss_sum / max(n, 1.0), "accuracy": correct / max(n, 1.0), "n": int(n)}
+
+
+# ----------------------------------------------------------------------------- training
+
+@dataclass
+class TrainResult:
+    """What :func:`fit`/:func:`train` return.
+
+    Attributes
+    ----------
+    model : nn.Module
+        The trained model (unwrapped from DDP, on the training device).
+    metrics : list of dict
+        One row per epoch (also in ``metrics.csv``/``metrics.json`` when ``out`` is set).
+    train_time : float
+        Seconds spent in training steps (evaluation excluded), over all epochs run
+        so far, including those before a resume.
+    out : pathlib.Path or None
+        Output directory.
+    resumed_from : int
+        Number of epochs that were already done when this call started.
+    """
+
+    model: nn.Module
+    metrics: list = field(default_factory=list)
+    train_time: float = 0.0
+    out: Path | None = None
+    resumed_from: int = 0
+
+
+def _progress(iterable, *, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _arch_config(cfg: Mapping) -> dict:
+    return {k: v for k, v in cfg.items() if k not in SOLVER_KEYS}
+
+
+def fit(model: nn.Module, data: DataBundle, *, epochs: int, batch_size: int = 64,
+        lr: float = 3e-3, weight_decay: float = 0.0, seed: int = 0, device: str = "auto",
+        out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
+        quiet: bool = False, label: str | None = None, run_config: Mapping | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train ``model`` on ``data`` with Adam and cross-entropy.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A classifier mapping a batch of inputs to logits; models with
+        ``ode_blocks()`` also get their function evaluations recorded.
+    data : DataBundle
+        From :func:`odenet.load_dataset`.
+    epochs : int
+        Total number of epochs (a resumed run continues up to this number).
+    batch_size, lr, weight_decay, seed : optional
+        Optimisation settings. ``seed`` drives the per-epoch shuffles.
+    device : str
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+    out : path, optional
+        Directory for ``metrics.csv``, ``metrics.json`` and ``checkpoint.pt``
+        (written atomically after every epoch, by rank 0 only). ``None`` writes nothing.
+    resume : bool
+        Continue from ``out/checkpoint.pt``. The checkpoint must come from the same
+        model architecture and run settings; the solver may differ.
+    overwrite : bool
+        Allow starting afresh in a directory that already holds a checkpoint.
+    quiet : bool
+        No progress bar and no per-epoch lines. The progress bar is also off when
+        stderr is not a terminal.
+    label : str, optional
+        Prefix of printed lines.
+    run_config : mapping, optional
+        Settings stored in the checkpoint and checked on resume (default: built
+        from the arguments).
+    on_epoch : callable, optional
+        Called with each new metrics row.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad arguments, an ``out`` directory holding an earlier run (without
+        ``resume``/``overwrite``).
+    CheckpointError
+        ``resume`` with a missing, corrupt or mismatched checkpoint.
+    TrainingError
+        The loss became non-finite.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(data, DataBundle):
+        raise TypeError(f"data must be a DataBundle from odenet.load_dataset, got {type(data).__name__}")
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    check_model_matches_data(model, data)
+    run_cfg = dict(run_config) if run_config is not None else dict(
+        data=data.name, seed=seed, batch_size=batch_size, lr=float(lr),
+        weight_decay=float(weight_decay), limit_train=data.info.get("limit_train"),
+        limit_test=data.info.get("limit_test"))
+    out_dir = Path(out) if out is not None else None
+    ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
+    if resume and ckpt_path is None:
+        raise ValueError("resume=True needs an out directory holding checkpoint.pt")
+    if (ckpt_path is not None and not resume and not overwrite and ckpt_path.exists()):
+        raise ValueError(f"{out_dir} already holds {CHECKPOINT_NAME} from an earlier run; "
+                         "pass --resume to continue it, --overwrite to start afresh, "
+                         "or choose another --out")
+
+    ctx = _setup_distributed(str(device))
+    completed = False
+    try:
+        dev = resolve_device(device, local_rank=ctx.local_rank)
+        module = model.to(dev)
+        optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+        metrics: list[dict] = []
+        start_epoch = 0
+        if resume:
+            start_epoch, metrics = _restore(ckpt_path, module, optimizer, run_cfg, dev)
+        else:
+            set_seed(seed)
+        train_model: nn.Module = module
+        if ctx.active:
+            train_model = nn.parallel.DistributedDataParallel(
+                module, device_ids=[dev.index] if dev.type == "cuda" else None)
+        x_train, y_train = data.x_train.to(dev), data.y_train.to(dev)
+        speak = ctx.is_main and not quiet
+        bar = speak and sys.stderr.isatty()
+        name = f"[{label}] " if label else ""
+        if speak and start_epoch:
+            print(f"{name}resuming from {ckpt_path} after epoch {start_epoch}", flush=True)
+        if speak and start_epoch >= epochs:
+            print(f"{name}checkpoint already has {start_epoch} epoch(s) >= epochs={epochs}; "
+                  "nothing to do", flush=True)
+
+        for epoch in range(start_epoch, epochs):
+            row = _train_epoch(train_model, module, optimizer, x_train, y_train, epoch=epoch,
+                               epochs=epochs, batch_size=batch_size, seed=seed, ctx=ctx,
+                               device=dev, progress=bar, desc=f"{name}epoch {epoch + 1}/{epochs}")
+            ev = evaluate(module, data.x_test, data.y_test, batch_size=max(batch_size, 256),
+                          _ctx=ctx)
+            row.update(test_loss=ev["loss"], test_acc=ev["accuracy"],
+                       lr=float(optimizer.param_groups[0]["lr"]))
+            metrics.append(row)
+            if ctx.is_main and out_dir is not None:
+                _write_outputs(out_dir, module, optimizer, metrics, run_cfg, data, epoch + 1)
+            ctx.check_replicas(module, epoch + 1)
+            ctx.barrier()
+            if speak:
+                print(f"{name}epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}  "
+                      f"train {100 * row['train_acc']:.1f}%  test {100 * row['test_acc']:.1f}%  "
+                      f"nfe fwd {row['nfe_forward']:.1f} bwd {row['nfe_backward']:.1f}"
+                      f"+{row['vjp_backward']:.1f} vjp  {row['epoch_time']:.1f}s", flush=True)
+            if on_epoch is not None:
+                on_epoch(row)
+        completed = True
+        return TrainResult(model=module, metrics=metrics,
+                           train_time=float(sum(r["epoch_time"] for r in metrics)),
+                           out=out_dir, resumed_from=start_epoch)
+    finally:
+        if ctx.owns_group:
+            # tear down in order: every rank past its last collective, the DDP wrapper (its
+            # reducer holds communication hooks on the group) gone, then the group itself; a
+            # wrapper outliving its group aborted a rank at interpreter exit ("terminate
+            # called without an active exception")
+            train_model = None  # noqa: F841
+            gc.collect()
+            try:
+                if completed:  # on the error path a peer may never reach the barrier
+                    torch.distributed.barrier()
+            finally:
+                torch.distributed.destroy_process_group()
+
+
+def _train_epoch(train_model, module, optimizer, x, y, *, epoch, epochs, batch_size, seed, ctx,
+                 device, progress, desc) -> dict:
+    module.train()
+    idx = _epoch_indices(len(y), epoch, seed, ctx).to(device)
+    n_batches = (len(idx) + batch_size - 1) // batch_size
+    sums = [0.0] * 6  # loss*n, correct, n, fwd evals, bwd evals, bwd vjps
+    t0 = time.perf_counter()
+    batches = _progress(iterate_batches(x, y, batch_size, indices=idx), total=n_batches,
+                        desc=desc, enabled=progress)
+    for b, (xb, yb) in enumerate(batches):
+        optimizer.zero_grad(set_to_none=True)
+        logits = train_model(xb)
+        loss = F.cross_entropy(logits, yb)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, "
+                                f"batch {b + 1}; lower the learning rate or tighten the solver")
+        loss.backward()
+        optimizer.step()
+        fwd, bwd, vjp = _batch_stats(module)
+        sums[0] += float(loss.detach()) * len(yb)
+        sums[1] += float((logits.detach().argmax(1) == yb).sum())
+        sums[2] += len(yb)
+        sums[3] += fwd
+        sums[4] += bwd
+        sums[5] += vjp
+    elapsed = time.perf_counter() - t0
+    total_batches = float(n_batches)
+    loss_sum, correct, n, fwd, bwd, vjp, nb = ctx.all_sum(sums + [total_batches], device)
+    nb = max(nb, 1.0)
+    return dict(epoch=epoch + 1, train_loss=loss_sum / max(n, 1.0), train_acc=correct / max(n, 1.0),
+                nfe_forward=fwd / nb, nfe_backward=bwd / nb, vjp_backward=vjp / nb,
+                epoch_time=elapsed)
+
+
+def _model_identity(module: nn.Module) -> tuple[str, dict]:
+    cfg = getattr(module, "config", None)
+    return type(module).__name__, (dict(cfg) if isinstance(cfg, Mapping) else {})
+
+
+def _write_outputs(out_dir: Path, module, optimizer, metrics, run_cfg, data: DataBundle,
+                   epoch: int) -> None:
+    kind, cfg = _model_identity(module)
+    write_csv(out_dir / "metrics.csv", metrics)
+    write_json(out_dir / "metrics.json", {"run": run_cfg, "model_kind": kind, "model_config": cfg,
+                                         "metrics": metrics})
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "model_kind": kind,
+        "model_config": cfg,
+        "run_config": run_cfg,
+        "model_state": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "optimizer_state": optimizer.state_dict(),
+        "rng": get_rng_state(),
+        "metrics": metrics,
+        "data": {"name": data.name, "mean": data.mean, "std": data.std,
+                 "raw_range": list(data.raw_range) if data.raw_range else None},
+        "torch_version": str(torch.__version__),
+    }
+    save_checkpoint(out_dir / CHECKPOINT_NAME, payload)
+
+
+def _restore(path: Path, module: nn.Module, optimizer, run_cfg: Mapping,
+             device: torch.device) -> tuple[int, list]:
+    ckpt = load_checkpoint(path, map_location=device)
+    kind, cfg = _model_identity(module)
+    if ckpt["model_kind"] != kind:
+        raise CheckpointError(f"checkpoint {path} holds a {ckpt['model_kind']}, the model is a {kind}")
+    check_config_match(_arch_config(ckpt["model_config"]), _arch_config(cfg), what="model",
+                       source=f"checkpoint {path}")
+    saved_run = ckpt.get("run_config") or {}
+    keys = [k for k in _RESUME_KEYS if k in saved_run and k in run_cfg]
+    check_config_match({k: saved_run.get(k) for k in keys}, {k: run_cfg.get(k) for k in keys},
+                       what="this run", source=f"checkpoint {path}")
+    try:
+        module.load_state_dict(ckpt["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit the model: {exc}") from exc
+    if "optimizer_state" in ckpt:
+        try:
+            optimizer.load_state_dict(ckpt["optimizer_state"])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint {path}: optimiser state does not fit: {exc}") from exc
+    if "rng" in ckpt:
+        set_rng_state(ckpt["rng"])
+    return int(ckpt["epoch"]), list(ckpt.get("metrics", []))
