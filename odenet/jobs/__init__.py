@@ -2,6 +2,8 @@
 training loop, evaluates and writes a report (table, ``results.json``, PNGs).
 
 - ``compare``: one field as a ResNet, an implicit ResNet and a Neural ODE.
+- ``_claims``: the :class:`Claim` record that stability and robustness results are
+  reported as (ID from CLAIMS.md, expected, measured, tolerance, holds).
 """
 
 from ._compare import CompareConfig, compare, format_table
