@@ -33,7 +33,8 @@ from ..data._classification import DATASETS, DataBundle, load_dataset
 from .._io import write_json
 from ..robustness._attacks import accuracy_vs_epsilon
 from ..training._views import SOLVER_KEYS, VIEWS, build_view_model, field_arch, solver_config_for
-from ..training._loop import TrainingError, evaluate, fit
+from ..training._loop import TrainingError, fit
+from ..training._tasks import evaluate
 from ..training._runtime import resolve_device, set_seed
 
 __all__ = ["CompareConfig", "compare", "format_table", "peak_step_memory"]

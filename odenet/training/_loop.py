@@ -28,27 +28,20 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..data._classification import DataBundle, iterate_batches
+from ..data._classification import DataBundle
 from .._io import (CHECKPOINT_FORMAT, CheckpointError, check_config_match, load_checkpoint,
                   save_checkpoint, write_csv, write_json)
 from ._runtime import TrainingError, get_rng_state, resolve_device, set_rng_state, set_seed
-from ._distributed import _Dist, _setup_distributed, _epoch_indices
-from ._views import SOLVER_KEYS, check_model_matches_data
+from ._distributed import _setup_distributed, _epoch_indices
+from ._tasks import AbstractTask, _unwrap, as_task
+from ._views import SOLVER_KEYS
 
 _RESUME_KEYS = ("model", "data", "seed", "batch_size", "lr", "weight_decay", "limit_train",
                 "limit_test")
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _blocks(model: nn.Module) -> list:
@@ -67,37 +60,6 @@ def _batch_stats(model: nn.Module) -> tuple[float, float, float]:
         bwd += float(getattr(s, "n_f_evals_backward", 0) or 0)
         vjp += float(getattr(s, "n_vjp_evals", 0) or 0)
     return fwd, bwd, vjp
-
-
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256,
-             _ctx: _Dist | None = None) -> dict:
-    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``.
-
-    The model is put in eval mode and restored afterwards. Returns a dict with
-    ``loss``, ``accuracy`` (in [0, 1]) and ``n``.
-    """
-    ctx = _ctx or _Dist()
-    module = _unwrap(model)
-    was_training = module.training
-    module.eval()
-    device = next(module.parameters()).device
-    idx = torch.arange(ctx.rank, len(y), ctx.world)
-    loss_sum = correct = 0.0
-    try:
-        for xb, yb in iterate_batches(x, y, batch_size, indices=idx):
-            xb, yb = xb.to(device), yb.to(device)
-            logits = module(xb)
-            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += float((logits.argmax(1) == yb).sum())
-    finally:
-        module.train(was_training)
-    loss_sum, correct, n = ctx.all_sum([loss_sum, correct, float(len(idx))], device)
-    return {"loss": loss_sum / max(n, 1.0), "accuracy": correct / max(n, 1.0), "n": int(n)}
 
 
 # ----------------------------------------------------------------------------- training
@@ -140,20 +102,23 @@ def _arch_config(cfg: Mapping) -> dict:
     return {k: v for k, v in cfg.items() if k not in SOLVER_KEYS}
 
 
-def fit(model: nn.Module, data: DataBundle, *, epochs: int, batch_size: int = 64,
+def fit(model: nn.Module, data: DataBundle | AbstractTask, *, epochs: int, batch_size: int = 64,
         lr: float = 3e-3, weight_decay: float = 0.0, seed: int = 0, device: str = "auto",
         out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
         quiet: bool = False, label: str | None = None, run_config: Mapping | None = None,
         on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train ``model`` on ``data`` with Adam and cross-entropy.
+    """Train ``model`` on ``data`` with Adam: the one training loop of every task.
 
     Parameters
     ----------
     model : nn.Module
-        A classifier mapping a batch of inputs to logits; models with
-        ``ode_blocks()`` also get their function evaluations recorded.
-    data : DataBundle
-        From :func:`odenet.load_dataset`.
+        The model the task trains (for a DataBundle: a classifier mapping a batch of
+        inputs to logits); models with ``ode_blocks()`` also get their function
+        evaluations recorded.
+    data : DataBundle or AbstractTask
+        A DataBundle from :func:`odenet.load_dataset` (trained by cross-entropy, metric
+        accuracy: a :class:`~odenet.training.ClassificationTask`) or any task (the
+        time-series tasks, your own; see :mod:`odenet.training._tasks`).
     epochs : int
         Total number of epochs (a resumed run continues up to this number).
     batch_size, lr, weight_decay, seed : optional
@@ -195,19 +160,17 @@ def fit(model: nn.Module, data: DataBundle, *, epochs: int, batch_size: int = 64
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not isinstance(data, DataBundle):
-        raise TypeError(f"data must be a DataBundle from odenet.load_dataset, got {type(data).__name__}")
+    task = as_task(data)
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    check_model_matches_data(model, data)
+    task.check_model(model)
     run_cfg = dict(run_config) if run_config is not None else dict(
-        data=data.name, seed=seed, batch_size=batch_size, lr=float(lr),
-        weight_decay=float(weight_decay), limit_train=data.info.get("limit_train"),
-        limit_test=data.info.get("limit_test"))
+        task.run_config(), seed=seed, batch_size=batch_size, lr=float(lr),
+        weight_decay=float(weight_decay))
     out_dir = Path(out) if out is not None else None
     ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
     if resume and ckpt_path is None:
@@ -233,7 +196,6 @@ def fit(model: nn.Module, data: DataBundle, *, epochs: int, batch_size: int = 64
         if ctx.active:
             train_model = nn.parallel.DistributedDataParallel(
                 module, device_ids=[dev.index] if dev.type == "cuda" else None)
-        x_train, y_train = data.x_train.to(dev), data.y_train.to(dev)
         speak = ctx.is_main and not quiet
         bar = speak and sys.stderr.isatty()
         name = f"[{label}] " if label else ""
@@ -244,21 +206,20 @@ def fit(model: nn.Module, data: DataBundle, *, epochs: int, batch_size: int = 64
                   "nothing to do", flush=True)
 
         for epoch in range(start_epoch, epochs):
-            row = _train_epoch(train_model, module, optimizer, x_train, y_train, epoch=epoch,
+            row = _train_epoch(train_model, module, optimizer, task, epoch=epoch,
                                epochs=epochs, batch_size=batch_size, seed=seed, ctx=ctx,
                                device=dev, progress=bar, desc=f"{name}epoch {epoch + 1}/{epochs}")
-            ev = evaluate(module, data.x_test, data.y_test, batch_size=max(batch_size, 256),
-                          _ctx=ctx)
-            row.update(test_loss=ev["loss"], test_acc=ev["accuracy"],
-                       lr=float(optimizer.param_groups[0]["lr"]))
+            ev = task.evaluate(module, batch_size=max(batch_size, 256), ctx=ctx)
+            row.update({"test_loss": ev["loss"], f"test_{task.metric}": ev[task.metric],
+                        "lr": float(optimizer.param_groups[0]["lr"])})
             metrics.append(row)
             if ctx.is_main and out_dir is not None:
-                _write_outputs(out_dir, module, optimizer, metrics, run_cfg, data, epoch + 1)
+                _write_outputs(out_dir, module, optimizer, metrics, run_cfg, task, epoch + 1)
             ctx.check_replicas(module, epoch + 1)
             ctx.barrier()
             if speak:
                 print(f"{name}epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}  "
-                      f"train {100 * row['train_acc']:.1f}%  test {100 * row['test_acc']:.1f}%  "
+                      f"{_metric_text(task.metric, row)}  "
                       f"nfe fwd {row['nfe_forward']:.1f} bwd {row['nfe_backward']:.1f}"
                       f"+{row['vjp_backward']:.1f} vjp  {row['epoch_time']:.1f}s", flush=True)
             if on_epoch is not None:
@@ -282,38 +243,44 @@ def fit(model: nn.Module, data: DataBundle, *, epochs: int, batch_size: int = 64
                 torch.distributed.destroy_process_group()
 
 
-def _train_epoch(train_model, module, optimizer, x, y, *, epoch, epochs, batch_size, seed, ctx,
-                 device, progress, desc) -> dict:
+def _metric_text(metric: str, row: Mapping) -> str:
+    tr, te = row[f"train_{metric}"], row[f"test_{metric}"]
+    if metric == "acc":
+        return f"train {100 * tr:.1f}%  test {100 * te:.1f}%"
+    return f"train {metric} {tr:.4g}  test {metric} {te:.4g}"
+
+
+def _train_epoch(train_model, module, optimizer, task: AbstractTask, *, epoch, epochs, batch_size, seed,
+                 ctx, device, progress, desc) -> dict:
     module.train()
-    idx = _epoch_indices(len(y), epoch, seed, ctx).to(device)
+    idx = _epoch_indices(task.train_size(), epoch, seed, ctx)
     n_batches = (len(idx) + batch_size - 1) // batch_size
-    sums = [0.0] * 6  # loss*n, correct, n, fwd evals, bwd evals, bwd vjps
+    sums = [0.0] * 6  # loss*n, metric sum, n, fwd evals, bwd evals, bwd vjps
     t0 = time.perf_counter()
-    batches = _progress(iterate_batches(x, y, batch_size, indices=idx), total=n_batches,
-                        desc=desc, enabled=progress)
-    for b, (xb, yb) in enumerate(batches):
+    batches = _progress(task.train_batches(idx, batch_size, device), total=n_batches, desc=desc,
+                        enabled=progress)
+    for b, batch in enumerate(batches):
         optimizer.zero_grad(set_to_none=True)
-        logits = train_model(xb)
-        loss = F.cross_entropy(logits, yb)
+        loss, n, metric_sum = task.loss(train_model, batch)
         if not torch.isfinite(loss):
             raise TrainingError(f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, "
                                 f"batch {b + 1}; lower the learning rate or tighten the solver")
         loss.backward()
         optimizer.step()
         fwd, bwd, vjp = _batch_stats(module)
-        sums[0] += float(loss.detach()) * len(yb)
-        sums[1] += float((logits.detach().argmax(1) == yb).sum())
-        sums[2] += len(yb)
+        sums[0] += float(loss.detach()) * n
+        sums[1] += float(metric_sum)
+        sums[2] += n
         sums[3] += fwd
         sums[4] += bwd
         sums[5] += vjp
     elapsed = time.perf_counter() - t0
     total_batches = float(n_batches)
-    loss_sum, correct, n, fwd, bwd, vjp, nb = ctx.all_sum(sums + [total_batches], device)
+    loss_sum, metric_sum, n, fwd, bwd, vjp, nb = ctx.all_sum(sums + [total_batches], device)
     nb = max(nb, 1.0)
-    return dict(epoch=epoch + 1, train_loss=loss_sum / max(n, 1.0), train_acc=correct / max(n, 1.0),
-                nfe_forward=fwd / nb, nfe_backward=bwd / nb, vjp_backward=vjp / nb,
-                epoch_time=elapsed)
+    return {"epoch": epoch + 1, "train_loss": loss_sum / max(n, 1.0), f"train_{task.metric}": metric_sum / max(n, 1.0),
+            "nfe_forward": fwd / nb, "nfe_backward": bwd / nb, "vjp_backward": vjp / nb,
+            "epoch_time": elapsed}
 
 
 def _model_identity(module: nn.Module) -> tuple[str, dict]:
@@ -321,7 +288,7 @@ def _model_identity(module: nn.Module) -> tuple[str, dict]:
     return type(module).__name__, (dict(cfg) if isinstance(cfg, Mapping) else {})
 
 
-def _write_outputs(out_dir: Path, module, optimizer, metrics, run_cfg, data: DataBundle,
+def _write_outputs(out_dir: Path, module, optimizer, metrics, run_cfg, task: AbstractTask,
                    epoch: int) -> None:
     kind, cfg = _model_identity(module)
     write_csv(out_dir / "metrics.csv", metrics)
@@ -337,8 +304,7 @@ def _write_outputs(out_dir: Path, module, optimizer, metrics, run_cfg, data: Dat
         "optimizer_state": optimizer.state_dict(),
         "rng": get_rng_state(),
         "metrics": metrics,
-        "data": {"name": data.name, "mean": data.mean, "std": data.std,
-                 "raw_range": list(data.raw_range) if data.raw_range else None},
+        "data": task.checkpoint_data(),
         "torch_version": str(torch.__version__),
     }
     save_checkpoint(out_dir / CHECKPOINT_NAME, payload)
