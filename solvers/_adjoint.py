@@ -88,6 +88,10 @@ class _Backward:
         self.atol = opts["atol"] if opts.get("atol") is not None else prob.atol
         self.params = params
         self.prob = prob
+        if prob.t.ndim == 2:
+            from ._adjoint_grids import check_batched_backward
+
+            check_batched_backward(self)
 
 
 def _aug_tol(tol, prob: Problem, n_params: tuple):
@@ -181,6 +185,10 @@ class _Augmented:
 
 def _backward(bw: _Backward, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.Tensor, need_t: bool):
     """Integrate the augmented system from the last reached output time to ``t[0]``."""
+    if t_int.ndim == 2:
+        from ._adjoint_grids import backward_batched
+
+        return backward_batched(bw, ys, t_int, grad_ys, need_t)
     prob = bw.prob
     params = bw.params
     n = ys.shape[0]

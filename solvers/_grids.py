@@ -119,7 +119,7 @@ def add_sample_stats(stats, B: int, device) -> None:
 # ----------------------------------------------------------------------------- fixed steps
 
 
-def fixed_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, method, cfg, stats):
+def fixed_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, method, cfg, stats, on_step=None):
     """Fixed-step solve on a per-sample grid: each sample steps its own span.
 
     Without ``step_size`` the steps are the row's own intervals; with it, sample ``b``
@@ -156,6 +156,8 @@ def fixed_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tenso
             res = method.step(field, ts, y, h, f0)
             if not res.ok:
                 return Outcome(outs, Status.ROOT_FINDER, float(ta.min()), f"the implicit solve of step {i} did not converge")
+            if on_step is not None:
+                on_step(res, live, hb)
             y1 = torch.where(expand_b(live, y), res.y1, y)
             stats.sample_f_evals += (stats.n_f_evals - e0) * live
             stats.sample_accepted += live
@@ -188,6 +190,8 @@ def fixed_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tenso
         res = method.step(field, ts, y, h, f0)
         if not res.ok:
             return Outcome(states[:1], Status.ROOT_FINDER, float(ta.min()), f"the implicit solve of step {i} did not converge")
+        if on_step is not None:
+            on_step(res, live, hb)
         y1 = torch.where(expand_b(live, y), res.y1, y)
         stats.sample_f_evals += (stats.n_f_evals - e0) * live
         stats.sample_accepted += live
@@ -197,7 +201,10 @@ def fixed_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tenso
     stats.n_steps += n
     stats.n_accepted += total
     Y = torch.stack(states)  # (n+1, B, ...)
-    # output j of sample b lies in step k = floor((t - t0)/step), theta in [0, 1]
+    # output j of sample b lies in step k = floor((t - t0)/step), theta in [0, 1]; padded
+    # outputs are the last time's (and so is their gradient with respect to t)
+    pad = torch.arange(T, device=dev)[None, :] >= lengths[:, None]
+    t64 = torch.where(pad, t_end[:, None], t64)
     rel = t64 - t0[:, None]  # (B, T)
     k = torch.floor(rel / step).to(torch.long)
     k = torch.minimum(torch.maximum(k, torch.zeros_like(k)), (nb - 1).clamp(min=0)[:, None])  # (B, T)

@@ -29,6 +29,8 @@ _CODES = {1: Status.STEP_SIZE_UNDERFLOW, 2: Status.NON_FINITE, 3: Status.MAX_STE
 def _per_sample_norm(cfg) -> Callable:
     from ._integrate import rms_norm
 
+    if getattr(cfg.norm, "per_sample", False):  # already maps [B, ...] -> [B]
+        return cfg.norm
     return batch_rms_norm if cfg.norm in (None, rms_norm) else batch_norm_of(cfg.norm)
 
 
@@ -116,7 +118,7 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
     cstate = ctrl.init_batch(B, dev)
     cs = method.stage_c
     t64 = t.to(torch.float64)  # (B, T), carries the graph when t requires grad
-    t64d = t64.detach()
+    t64d = t64.detach().contiguous()
     t0 = t64[:, 0]
     last = (lengths - 1)[:, None]
     t_end = t64.gather(1, last)[:, 0]  # (B,)
