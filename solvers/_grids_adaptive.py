@@ -210,8 +210,10 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
             safe_h = torch.where(hstep_d > 0, hstep, torch.ones_like(hstep))
             theta = ((tq - tn[:, None]) / safe_h[:, None]).clamp(0.0, 1.0)
 
-            def extra(ks, res=res, tn=tn, hstep=hstep):
-                return _extra_stages(method, field, res, ks, tn, hstep, tdt, stats, accepted)
+            inner = (valid & (tq.detach() < t1_d[:, None])).any(dim=1)  # samples that interpolate
+
+            def extra(ks, res=res, tn=tn, hstep=hstep, inner=inner):
+                return _extra_stages(method, field, res, ks, tn, hstep, tdt, stats, inner)
 
             yq = interpolate_batched(method, res, theta, hstep, f1, extra)  # (K, B, ...)
             hit = (tq.detach() == t1_d[:, None]).T  # (K, B)
