@@ -214,6 +214,11 @@ def fixed_grid(field, y0, t, method: AbstractSolver, cfg: LoopConfig):
             if n > cfg.max_num_steps:
                 return Outcome([y0], Status.MAX_STEPS, tl[0], f"the grid has {n} steps but max_num_steps={cfg.max_num_steps}")
             return tl, gl, hs, step_ts, ends, False
+    if cfg.step_size is not None and cfg.grid_constructor is None:
+        # refuse a grid longer than max_num_steps before building it (a tiny step_size)
+        n_est = max(1, math.ceil((tl[-1] - tl[0]) / cfg.step_size - 1e-9))
+        if n_est > cfg.max_num_steps:
+            return Outcome([y0], Status.MAX_STEPS, tl[0], f"the grid has {n_est} steps but max_num_steps={cfg.max_num_steps}")
     grid = _custom_grid(field, y0, t, cfg) if cfg.grid_constructor is not None else None
     track = t.requires_grad or (grid is not None and grid.requires_grad)
     gl = grid.detach().tolist() if grid is not None else _host_grid(tl, cfg)

@@ -156,6 +156,8 @@ class VectorField:
             out = self.func(t, y)
         if self._unchecked:
             self._check(out, y)
+        elif not isinstance(out, torch.Tensor) or out.shape != y.shape:  # every call: a later (1,) must not broadcast
+            self._check(out, y)
         return -out if self.reverse else out
 
     def _check(self, out, y) -> None:
