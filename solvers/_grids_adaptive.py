@@ -50,7 +50,7 @@ def interpolate_batched(method, res, theta: torch.Tensor, hstep: torch.Tensor, f
         ks = list(res.ks)
         if tab.a_extra is not None:
             ks = extra(ks)
-        bd = torch.as_tensor(tab.b_dense, dtype=rdt, device=y0.device)  # (s, p)
+        bd = _dense_matrix(method, rdt, y0.device)  # (s, p)
         powers = torch.arange(1, bd.shape[1] + 1, device=y0.device, dtype=rdt)
         w = (th[..., None] ** powers) @ bd.T  # (B, K, s)
         kmat = torch.stack(ks).reshape(len(ks), B, -1)  # (s, B, N)
@@ -67,6 +67,14 @@ def interpolate_batched(method, res, theta: torch.Tensor, hstep: torch.Tensor, f
             w = w.to(basis.dtype)
         out = torch.einsum("bkq,qbn->kbn", w, basis)
     return out.reshape(theta.shape[1], *y0.shape)
+
+
+def _dense_matrix(method, dtype, device) -> torch.Tensor:
+    cache = method.__dict__.setdefault("_batched_dense", {})
+    key = (dtype, device)
+    if key not in cache:
+        cache[key] = torch.as_tensor(method.tableau.b_dense, dtype=dtype, device=device)
+    return cache[key]
 
 
 def _initial_step(field, t0, tdt, y0, f0, span, order, rtol, atol, norm, stats, live):
