@@ -23,6 +23,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._api import Problem, make_problem, register_gradient_mode, solve
+from ._base import AbstractSolver
 from ._integrate import Outcome, rms_norm
 from ._problem import split_state
 from ._solution import exception_for
@@ -84,10 +85,22 @@ class _Backward:
             raise TypeError(f"`adjoint_options` must be a dict, got {type(options).__name__}")
         self.options = dict(options)
         self.method = prob.method if same else method
-        self.rtol = opts["rtol"] if opts.get("rtol") is not None else prob.rtol
-        self.atol = opts["atol"] if opts.get("atol") is not None else prob.atol
+        if isinstance(self.method, str):  # validated here, at the forward call, not in backward
+            from ._registry import get_method
+
+            get_method(self.method)
+        elif not isinstance(self.method, AbstractSolver):
+            raise TypeError(f"`adjoint_method` must be a method name or an AbstractSolver, got {type(self.method).__name__}")
+        from ._problem import check_tol
+
+        self.rtol = check_tol("adjoint_rtol", opts["rtol"], prob.y0, prob.shapes) if opts.get("rtol") is not None else prob.rtol
+        self.atol = check_tol("adjoint_atol", opts["atol"], prob.y0, prob.shapes) if opts.get("atol") is not None else prob.atol
         self.params = params
         self.prob = prob
+        if prob.t.ndim == 2:
+            from ._adjoint_grids import check_batched_backward
+
+            check_batched_backward(self)
 
 
 def _aug_tol(tol, prob: Problem, n_params: tuple):
@@ -181,6 +194,10 @@ class _Augmented:
 
 def _backward(bw: _Backward, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.Tensor, need_t: bool):
     """Integrate the augmented system from the last reached output time to ``t[0]``."""
+    if t_int.ndim == 2:
+        from ._adjoint_grids import backward_batched
+
+        return backward_batched(bw, ys, t_int, grad_ys, need_t)
     prob = bw.prob
     params = bw.params
     n = ys.shape[0]

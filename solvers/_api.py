@@ -12,6 +12,7 @@ import torch
 from ._base import AbstractSolver
 from ._controller import AbstractController, IController, PIController
 from ._integrate import LoopConfig, Outcome, integrate, rms_norm
+from ._grids import check_t_batched
 from ._problem import VectorField, nonfinite_y0, check_t, check_tol, check_y0, split_state, unflatten_outputs
 from ._registry import get_method
 from ._solution import Solution, Stats, Status, exception_for
@@ -152,13 +153,39 @@ def _build_config(method: AbstractSolver, options: dict, rtol, atol, shapes, rev
     return cfg
 
 
+def _check_batched_config(method: AbstractSolver, cfg: LoopConfig, options: dict) -> None:
+    """Options that a per-sample grid does not support are refused by name."""
+    if method.implicit:
+        raise ValueError(
+            f"implicit method {method.name!r} does not run on a per-sample `t` of shape [B, T] yet (its root "
+            "finder takes one step size for the batch); use an explicit method, or a shared 1-D `t`"
+        )
+    for key in ("step_t", "jump_t", "grid_constructor"):
+        if options.get(key) is not None:
+            raise ValueError(f"option `{key}` is not supported on a per-sample `t` of shape [B, T]; use a shared 1-D `t`, or remove `{key}`")
+    if cfg.interp != "linear" and cfg.step_size is not None:
+        raise ValueError("option interp='cubic' is not supported on a per-sample `t`; use interp='linear' or drop `step_size` so the steps land on the row's times")
+    if method.adaptive and not getattr(cfg.controller, "batched", False):
+        raise ValueError(
+            f"the controller {type(cfg.controller).__name__} has no per-sample step-size control (`propose_batch`), "
+            "which a per-sample `t` needs; use controller='i' or 'pi', or implement init_batch/propose_batch"
+        )
+
+
 def max_of_rms(parts) -> torch.Tensor:
     return torch.stack([rms_norm(p) for p in parts]).max()
 
 
 def make_problem(func, y0, t, *, method, rtol, atol, options, params=None) -> Problem:
     y0_flat, shapes = check_y0(y0)
-    t, tl = check_t(t, y0_flat)
+    batched = isinstance(t, torch.Tensor) and t.ndim == 2
+    if batched:
+        if shapes is not None:
+            raise ValueError("a per-sample `t` of shape [B, T] needs a tensor `y0` of shape [B, ...]; concatenate the parts of a tuple state along their last dimension")
+        t, _, reverse = check_t_batched(t, y0_flat)
+    else:
+        t, tl = check_t(t, y0_flat)
+        reverse = len(tl) > 1 and tl[1] < tl[0]
     options = dict(options or {})
     if not isinstance(method, AbstractSolver):
         cls = get_method("dopri5" if method is None else method)
@@ -166,10 +193,11 @@ def make_problem(func, y0, t, *, method, rtol, atol, options, params=None) -> Pr
         method = cls(**method_opts)
     rtol = check_tol("rtol", rtol, y0_flat, shapes)
     atol = check_tol("atol", atol, y0_flat, shapes)
-    reverse = len(tl) > 1 and tl[1] < tl[0]
     stats = Stats()
     field = VectorField(func, y0_flat, shapes, stats, reverse=reverse, tols=(rtol, atol), params=params)
     cfg = _build_config(method, options, rtol, atol, shapes, reverse, y0_flat)
+    if batched:
+        _check_batched_config(method, cfg, options)
     tf = -t if reverse else t
     return Problem(func, field, y0_flat, tf, method, cfg, stats, shapes, reverse, params, rtol, atol, options)
 
@@ -235,7 +263,7 @@ def finish(prob: Problem, outcome: Outcome, t_user, raise_on_failure: bool) -> S
         raise nonfinite_y0()
     if not outcome.status.ok:
         message = f"{outcome.status.value} Failed at t={t_fail:.6g}: {outcome.detail}." if t_fail is not None else f"{outcome.status.value} {outcome.detail}"
-    sol = Solution(ys, t_user[:n], outcome.status, prob.stats, message, t_fail)
+    sol = Solution(ys, t_user[:, :n] if t_user.ndim == 2 else t_user[:n], outcome.status, prob.stats, message, t_fail)
     if not outcome.status.ok and raise_on_failure:
         raise exception_for(outcome.status)(message, t=t_fail, solution=sol)
     return sol

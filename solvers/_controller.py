@@ -30,6 +30,21 @@ class AbstractController(abc.ABC):
     def propose(self, h: float, ratio: float, accepted: bool) -> float:
         """The next step size after a step of size ``h`` with error ``ratio``."""
 
+    #: Whether :meth:`propose_batch` is implemented (needed on per-sample time grids).
+    batched = False
+
+    def init_batch(self, n: int, device) -> dict:
+        """Per-sample controller state for a per-sample grid of ``n`` samples."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-sample (batched) step-size control")
+
+    def propose_batch(self, h: torch.Tensor, ratio: torch.Tensor, accepted: torch.Tensor, state: dict) -> torch.Tensor:
+        """``[B]`` next step sizes from ``[B]`` steps, ratios and accept flags; updates ``state``.
+
+        Samples are independent: each one follows exactly the sequence :meth:`propose`
+        would give it in a solve of its own. Runs on the device, no synchronisation.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no per-sample (batched) step-size control")
+
 
 class PIController(AbstractController):
     """Proportional–integral step-size control (Gustafsson; Hairer & Wanner II, IV.2).
@@ -75,6 +90,30 @@ class PIController(AbstractController):
         else:
             factor = min(1.0, factor)
         self._rejected = not accepted
+        return h * factor
+
+    batched = True
+
+    def init_batch(self, n: int, device) -> dict:
+        return {
+            "prev": torch.ones(n, dtype=torch.float64, device=device),
+            "rejected": torch.zeros(n, dtype=torch.bool, device=device),
+        }
+
+    def propose_batch(self, h: torch.Tensor, ratio: torch.Tensor, accepted: torch.Tensor, state: dict) -> torch.Tensor:
+        r = ratio.to(torch.float64)
+        finite = torch.isfinite(r)
+        safe = torch.where(finite & (r > 0), r, torch.ones_like(r))
+        factor = self.safety * safe ** (-(self.icoeff + self.pcoeff) / self._k)
+        if self.pcoeff:
+            factor = factor * state["prev"] ** (self.pcoeff / self._k)
+        factor = factor.clamp(min=self.dfactor, max=self.ifactor)
+        factor = torch.where(r == 0, torch.full_like(r, self.ifactor), factor)
+        capped = ~accepted | state["rejected"]  # no growth on or right after a rejection
+        factor = torch.where(capped, factor.clamp(max=1.0), factor)
+        factor = torch.where(finite, factor, torch.full_like(r, self.dfactor))
+        state["prev"] = torch.where(accepted & finite, r.clamp(min=1e-10), state["prev"])
+        state["rejected"] = torch.where(finite, ~accepted, state["rejected"])
         return h * factor
 
 

@@ -51,6 +51,8 @@ class Outcome:
     status: Status = Status.SUCCESS
     t_fail: Optional[float] = None
     detail: str = ""
+    #: per-sample grids: the first sample that failed
+    sample: Optional[int] = None
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -58,7 +60,13 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def integrate(field, y0: torch.Tensor, t: torch.Tensor, method: AbstractSolver, cfg: LoopConfig, stats: Stats) -> Outcome:
-    """Solve ``dy/dt = field(t, y)`` from ``y0`` at ``t[0]`` and return the states at ``t``."""
+    """Solve ``dy/dt = field(t, y)`` from ``y0`` at ``t[0]`` and return the states at ``t``.
+
+    A 2-D ``t`` (``[B, T]``, increasing rows, padded by repeats) is a per-sample grid and
+    goes to the batched loops of :mod:`solvers._grids`; ``ys`` is then ``[T, B, ...]``.
+    """
+    if t.ndim == 2:
+        return _integrate_batched(field, y0, t, method, cfg, stats)
     if t.shape[0] == 1:
         return Outcome([y0])
     if method.adaptive:
@@ -67,6 +75,30 @@ def integrate(field, y0: torch.Tensor, t: torch.Tensor, method: AbstractSolver, 
         out = _fixed(field, y0, t, method, cfg, stats)
     if cfg.check_finite and out.status.ok:
         _check_finite(out, t, last_only=not method.adaptive)
+    return out
+
+
+def _integrate_batched(field, y0, t, method, cfg, stats) -> Outcome:
+    from ._grids import fixed_batched
+    from ._grids_adaptive import adaptive_batched
+
+    td = t.detach()
+    lengths = 1 + (td[:, 1:] > td[:, :-1]).sum(dim=1)  # (B,) distinct times per row
+    if t.shape[1] == 1:
+        return Outcome(y0.unsqueeze(0))
+    if method.adaptive:
+        out = adaptive_batched(field, y0, t, lengths, method, cfg, stats)
+    else:
+        out = fixed_batched(field, y0, t, lengths, method, cfg, stats)
+    if not isinstance(out.ys, torch.Tensor):
+        out.ys = torch.stack(out.ys)
+    if cfg.check_finite and out.status.ok and not _all_finite(out.ys[-1] if not method.adaptive else out.ys):
+        bad = ~torch.isfinite(out.ys.detach().reshape(*out.ys.shape[:2], -1)).all(dim=2)  # (T, B)
+        k, b = (int(v) for v in torch.nonzero(bad)[0])
+        tb = float(t.detach()[b, k])
+        out.status, out.t_fail, out.sample = Status.NON_FINITE, tb, b
+        out.detail = f"the state of sample {b} is non-finite at output time t={tb:.6g}"
+        out.ys = out.ys[:k]
     return out
 
 
@@ -182,6 +214,11 @@ def fixed_grid(field, y0, t, method: AbstractSolver, cfg: LoopConfig):
             if n > cfg.max_num_steps:
                 return Outcome([y0], Status.MAX_STEPS, tl[0], f"the grid has {n} steps but max_num_steps={cfg.max_num_steps}")
             return tl, gl, hs, step_ts, ends, False
+    if cfg.step_size is not None and cfg.grid_constructor is None:
+        # refuse a grid longer than max_num_steps before building it (a tiny step_size)
+        n_est = max(1, math.ceil((tl[-1] - tl[0]) / cfg.step_size - 1e-9))
+        if n_est > cfg.max_num_steps:
+            return Outcome([y0], Status.MAX_STEPS, tl[0], f"the grid has {n_est} steps but max_num_steps={cfg.max_num_steps}")
     grid = _custom_grid(field, y0, t, cfg) if cfg.grid_constructor is not None else None
     track = t.requires_grad or (grid is not None and grid.requires_grad)
     gl = grid.detach().tolist() if grid is not None else _host_grid(tl, cfg)

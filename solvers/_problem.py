@@ -55,7 +55,7 @@ def check_t(t, y0: torch.Tensor) -> Tuple[torch.Tensor, list]:
         else:
             raise TypeError(f"`t` must be a 1-D torch.Tensor of times, got {type(t).__name__}")
     if t.ndim != 1:
-        raise ValueError(f"`t` must be 1-D (one row of output times), got shape {tuple(t.shape)}")
+        raise ValueError(f"`t` must be 1-D (one row of output times shared by the batch) or 2-D [B, T] (per-sample rows), got shape {tuple(t.shape)}")
     if t.shape[0] < 1:
         raise ValueError("`t` must contain at least one time")
     if not t.dtype.is_floating_point:
@@ -155,6 +155,8 @@ class VectorField:
         else:
             out = self.func(t, y)
         if self._unchecked:
+            self._check(out, y)
+        elif not isinstance(out, torch.Tensor) or out.shape != y.shape:  # every call: a later (1,) must not broadcast
             self._check(out, y)
         return -out if self.reverse else out
 

@@ -67,13 +67,20 @@ class Stats:
     n_rejected_backward: int = 0
     n_backward_root_iters: int = 0
     n_checkpoints: int = 0
+    # per-sample time grids: [B] int64 tensors (None on a shared grid)
+    sample_f_evals: Optional[torch.Tensor] = None
+    sample_accepted: Optional[torch.Tensor] = None
+    sample_rejected: Optional[torch.Tensor] = None
 
     @property
     def mean_root_iters(self) -> float:
         return self.n_root_iters / self.n_root_solves if self.n_root_solves else 0.0
 
     def as_dict(self) -> dict:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for k in ("sample_f_evals", "sample_accepted", "sample_rejected"):
+            if d[k] is not None:
+                d[k] = d[k].tolist()
         d["mean_root_iters"] = self.mean_root_iters
         return d
 

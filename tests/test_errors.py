@@ -26,7 +26,7 @@ def rot(t, y):
 @pytest.mark.parametrize(
     "t, exc, pattern",
     [
-        (torch.zeros(2, 2, dtype=F64), ValueError, "`t` must be 1-D"),
+        (torch.zeros(2, 2, 2, dtype=F64), ValueError, "`t` must be 1-D"),
         (torch.tensor([0.0, 1.0, 0.5], dtype=F64), ValueError, "strictly increasing or strictly decreasing"),
         (torch.tensor([0.0, 1.0, 1.0], dtype=F64), ValueError, "no repeats"),
         (torch.tensor([0, 1]), TypeError, "`t` must be a floating-point tensor"),

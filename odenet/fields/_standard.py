@@ -93,11 +93,21 @@ def _check_images(field: nn.Module, x: torch.Tensor) -> None:
 
 
 def _time_like(t, x: torch.Tensor) -> torch.Tensor:
-    """``t`` as a 0-dim tensor in ``x``'s dtype and device (keeps its graph)."""
+    """``t`` in ``x``'s dtype and device, shaped to broadcast against ``x`` (keeps its graph).
+
+    A scalar time (a float, a 0-dim or one-element tensor) becomes a 0-dim tensor. A ``[B]``
+    time (one per sample, as a solve on a per-sample grid ``t`` of shape ``[B, T]`` passes
+    it) becomes ``[B, 1, ..., 1]`` with ``x.dim()`` dimensions, for a batch ``x`` ``[B, ...]``.
+    """
     if isinstance(t, torch.Tensor):
-        if t.numel() != 1:
-            raise ValueError(f"the field's time `t` must be a scalar, got a tensor of shape {tuple(t.shape)}")
-        return t.reshape(()).to(dtype=x.dtype, device=x.device)
+        if t.numel() == 1:
+            return t.reshape(()).to(dtype=x.dtype, device=x.device)
+        if t.dim() == 1 and x.dim() >= 1 and t.shape[0] == x.shape[0]:
+            return t.to(dtype=x.dtype, device=x.device).reshape(t.shape[0], *([1] * (x.dim() - 1)))
+        raise ValueError(
+            f"the field's time `t` must be a scalar or one time per sample ([B] with B = x.shape[0] = "
+            f"{x.shape[0] if x.dim() else 'none'}), got a tensor of shape {tuple(t.shape)}"
+        )
     return torch.as_tensor(float(t), dtype=x.dtype, device=x.device)
 
 

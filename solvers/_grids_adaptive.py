@@ -1,0 +1,284 @@
+"""The adaptive loop on a per-sample time grid (``t`` of shape ``[B, T]``).
+
+Every sample has its own time, step size, controller state and accept/reject decision
+(``[B]`` tensors). All samples are stepped together by one batched call of the method; a
+finished sample is masked (step size zero, state held) and its counters stop. The one
+host synchronisation per step reads three numbers together: how many samples are still
+running, the largest number of outputs any sample passed in this step (the width of the
+dense-output window) and a failure code.
+
+Outputs are written once at the end with one ``index_put``, so the loop keeps no
+``[T, B, ...]`` buffer in place and direct backpropagation works through it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+from ._grids import add_sample_stats, batch_norm_of, batch_rms_norm, expand_b
+from ._solution import NonFiniteStateError, Status
+
+__all__ = ["adaptive_batched", "interpolate_batched"]
+
+_CODES = {1: Status.STEP_SIZE_UNDERFLOW, 2: Status.NON_FINITE, 3: Status.MAX_STEPS}
+
+
+def _per_sample_norm(cfg) -> Callable:
+    from ._integrate import rms_norm
+
+    if getattr(cfg.norm, "per_sample", False):  # already maps [B, ...] -> [B]
+        return cfg.norm
+    return batch_rms_norm if cfg.norm in (None, rms_norm) else batch_norm_of(cfg.norm)
+
+
+def interpolate_batched(method, res, theta: torch.Tensor, hstep: torch.Tensor, f1: torch.Tensor, extra: Optional[Callable] = None) -> torch.Tensor:
+    """Dense output of one batched step at per-sample fractions ``theta`` ``[B, K]``.
+
+    Uses the method's own interpolant when its tableau has one (``b_dense``), else cubic
+    Hermite from ``y0, f0, y1, f1``. Returns ``[K, B, ...]``.
+    """
+    y0 = res.y0
+    B = y0.shape[0]
+    rdt = y0.real.dtype
+    th = theta.to(rdt)  # (B, K)
+    hb = hstep.to(rdt)[None, :, None]  # (1, B, 1)
+    tab = getattr(method, "tableau", None)
+    if tab is not None and tab.b_dense is not None:
+        ks = list(res.ks)
+        if tab.a_extra is not None:
+            ks = extra(ks)
+        bd = _dense_matrix(method, rdt, y0.device)  # (s, p)
+        powers = torch.arange(1, bd.shape[1] + 1, device=y0.device, dtype=rdt)
+        w = (th[..., None] ** powers) @ bd.T  # (B, K, s)
+        kmat = torch.stack(ks).reshape(len(ks), B, -1)  # (s, B, N)
+        if kmat.is_complex():
+            w = w.to(kmat.dtype)
+        out = y0.reshape(1, B, -1) + torch.einsum("bks,sbn->kbn", w, kmat) * hb
+    else:
+        th2 = th * th
+        th3 = th2 * th
+        w = torch.stack([2 * th3 - 3 * th2 + 1, th3 - 2 * th2 + th, -2 * th3 + 3 * th2, th3 - th2], dim=-1)  # (B, K, 4)
+        h = hstep.to(rdt).reshape(B, 1)
+        basis = torch.stack([y0.reshape(B, -1), res.f0.reshape(B, -1) * h, res.y1.reshape(B, -1), f1.reshape(B, -1) * h])  # (4, B, N)
+        if basis.is_complex():
+            w = w.to(basis.dtype)
+        out = torch.einsum("bkq,qbn->kbn", w, basis)
+    return out.reshape(theta.shape[1], *y0.shape)
+
+
+def _dense_matrix(method, dtype, device) -> torch.Tensor:
+    cache = method.__dict__.setdefault("_batched_dense", {})
+    key = (dtype, device)
+    if key not in cache:
+        cache[key] = torch.as_tensor(method.tableau.b_dense, dtype=dtype, device=device)
+    return cache[key]
+
+
+def _initial_step(field, t0, tdt, y0, f0, span, order, rtol, atol, norm, stats, live):
+    """Hairer's starting step per sample (Hairer, Nørsett & Wanner I, II.4)."""
+    with torch.no_grad():
+        scale = atol + torch.abs(y0) * rtol
+        d0 = norm(y0 / scale).to(torch.float64)
+        d1 = norm(f0 / scale).to(torch.float64)
+        bad = torch.stack([(~torch.isfinite(d0) & live).any(), (~torch.isfinite(d1) & live).any()]).tolist()
+        if bad[0]:
+            from ._problem import nonfinite_y0
+
+            raise nonfinite_y0()
+        if bad[1]:
+            raise NonFiniteStateError("the vector field is non-finite at the initial time of some sample (finite y0)")
+        small = (d0 < 1e-5) | (d1 < 1e-5)
+        h0 = torch.where(small, torch.full_like(d0, 1e-6), 0.01 * d0 / torch.where(small, torch.ones_like(d1), d1))
+        h0 = torch.minimum(h0, span)
+        y1 = y0 + expand_b(h0.to(y0.real.dtype), y0) * f0
+        f1 = field((t0 + h0).to(tdt), y1)
+        stats.n_initial_step_evals += 1
+        stats.sample_f_evals += live
+        pos = h0 > 0
+        d2 = norm((f1 - f0) / scale).to(torch.float64) / torch.where(pos, h0, torch.ones_like(h0))
+        d2 = torch.where(pos, d2, torch.zeros_like(d2))
+        dm = torch.maximum(d1, d2)
+        tiny = dm <= 1e-15
+        h1 = torch.where(tiny, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / torch.where(tiny, torch.ones_like(dm), dm)) ** (1.0 / (order + 1)))
+        return torch.minimum(torch.minimum(100 * h0, h1), span)
+
+
+def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, method, cfg, stats, on_step: Optional[Callable] = None):
+    """Adaptive solve on a per-sample grid; see the module docstring.
+
+    ``on_step(res, accepted, hstep)``, when given, is called after every batched step
+    (the continuous adjoint accumulates its parameter integral there).
+    """
+    from ._integrate import Outcome
+
+    B, T = t.shape
+    dev, tdt = y0.device, t.dtype
+    rdt = y0.real.dtype
+    add_sample_stats(stats, B, dev)
+    norm = _per_sample_norm(cfg)
+    rtol, atol = cfg.rtol, cfg.atol
+    ctrl = cfg.controller
+    order = min(method.order, method.error_order)
+    ctrl.reset(order)
+    cstate = ctrl.init_batch(B, dev)
+    cs = method.stage_c
+    t64 = t.to(torch.float64)  # (B, T), carries the graph when t requires grad
+    t64d = t64.detach().contiguous()
+    t0 = t64[:, 0]
+    last = (lengths - 1)[:, None]
+    t_end = t64.gather(1, last)[:, 0]  # (B,)
+    t_end_d = t_end.detach()
+    span = t_end_d - t0.detach()
+    done = lengths == 1
+    live0 = ~done
+    arangeT = torch.arange(T, device=dev)
+
+    # outputs (row J, sample b, value): J = T is a scratch row for unused window slots
+    J0 = torch.where((arangeT[None, :] == 0) | done[:, None], arangeT[None, :], torch.full_like(arangeT[None, :], T))  # (B, T)
+    entries_j = [J0.T.reshape(-1)]
+    entries_v = [y0.unsqueeze(0).expand(T, *y0.shape).reshape(T * B, *y0.shape[1:])]
+    j_next = torch.where(done, torch.full_like(lengths, T), torch.ones_like(lengths))
+
+    f0 = field(t[:, 0], y0)
+    stats.sample_f_evals += live0
+    if cfg.first_step is not None:
+        h = torch.full((B,), float(cfg.first_step), dtype=torch.float64, device=dev)
+    else:
+        h = _initial_step(field, t0.detach(), tdt, y0, f0, span, order, rtol, atol, norm, stats, live0)
+    h = h.clamp(min=cfg.min_step, max=cfg.max_step)
+    tn = t0
+    y = y0
+    n_steps = torch.zeros(B, dtype=torch.long, device=dev)
+    fsal_less = None
+    code, failed_at = 0, None
+    while True:
+        tn_d = tn.detach()
+        land = tn_d + h >= t_end_d
+        t1 = torch.where(land, t_end, tn + h)
+        t1 = torch.where(done, tn, t1)
+        hstep = t1 - tn  # (B,), zero for finished samples
+        hstep_d = hstep.detach()
+        ts = [(tn + c * hstep).to(tdt) for c in cs]
+        e0 = stats.n_f_evals
+        res = method.step(field, ts, y, expand_b(hstep.to(rdt), y), f0)
+        running = ~done
+        with torch.no_grad():
+            if res.ok:
+                y1d = res.y1.detach()
+                yd = y.detach()
+                scale = atol + rtol * torch.maximum(torch.abs(yd), torch.abs(y1d))
+                ratio = method.error_ratio(res, scale, norm) if _has_batch_ratio(method) else norm(res.error.detach() / scale)
+                ratio = ratio.to(torch.float64)
+                ratio = torch.where(torch.isfinite(ratio), ratio, torch.full_like(ratio, math.inf))
+            else:
+                ratio = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
+            accepted = running & (ratio <= 1.0)
+            rejected = running & ~accepted
+        n_steps += running
+        stats.n_steps += 1
+        stats.sample_f_evals += (stats.n_f_evals - e0) * running
+        stats.sample_accepted += accepted
+        stats.sample_rejected += rejected
+        if res.f1 is not None:
+            f1 = res.f1
+        else:  # non-FSAL: the next step's f0 at the new point (needed for Hermite output too)
+            f1 = field(t1.to(tdt), res.y1)
+            with torch.no_grad():  # counted where a solve of its own would need it
+                inner = torch.searchsorted(t64d, t1.detach()[:, None].contiguous())[:, 0] > j_next
+                stats.sample_f_evals += accepted & (~land | inner)
+        if on_step is not None:
+            on_step(res, accepted, hstep)
+        acc_b = expand_b(accepted, y)
+        y_new = torch.where(acc_b, res.y1, y)
+        f0 = torch.where(acc_b, f1, f0)
+        with torch.no_grad():
+            t1_d = t1.detach()
+            reach = torch.searchsorted(t64d, t1_d[:, None].contiguous(), right=True)[:, 0]  # outputs <= t1
+            cnt = torch.where(accepted, (reach - j_next).clamp(min=0), torch.zeros_like(reach))
+            new_done = done | (accepted & land)
+            h_new = ctrl.propose_batch(hstep_d, ratio, accepted, cstate)
+            low = h_new < cfg.min_step
+            stuck = rejected & low & (hstep_d <= cfg.min_step)
+            h_new = torch.where(low, torch.full_like(h_new, cfg.min_step), h_new)
+            tnn = torch.where(accepted, t1_d, tn_d)
+            under = (rejected & ((tnn + h_new == tnn) | (h_new >= hstep_d))) | stuck | (running & ~new_done & (hstep_d <= 0))
+            nonfin = under & ~torch.isfinite(ratio)
+            over = ~new_done & (n_steps >= cfg.max_num_steps)
+            codes = torch.where(over, 3, torch.where(nonfin, 2, torch.where(under, 1, 0)))
+            n_run, k_max, code = torch.stack([(~new_done).sum(), cnt.max(), codes.max()]).tolist()  # the one sync
+        if k_max > 0:
+            kk = torch.arange(k_max, device=dev)
+            jj = j_next[:, None] + kk  # (B, K)
+            valid = kk[None, :] < cnt[:, None]
+            jc = jj.clamp(max=T - 1)
+            tq = t64.gather(1, jc)  # (B, K)
+            safe_h = torch.where(hstep_d > 0, hstep, torch.ones_like(hstep))
+            theta = ((tq - tn[:, None]) / safe_h[:, None]).clamp(0.0, 1.0)
+
+            inner = (valid & (tq.detach() < t1_d[:, None])).any(dim=1)  # samples that interpolate
+
+            def extra(ks, res=res, tn=tn, hstep=hstep, inner=inner):
+                return _extra_stages(method, field, res, ks, tn, hstep, tdt, stats, inner)
+
+            yq = interpolate_batched(method, res, theta, hstep, f1, extra)  # (K, B, ...)
+            hit = (tq.detach() == t1_d[:, None]).T  # (K, B)
+            yq = torch.where(hit.reshape(*hit.shape, *([1] * (y0.ndim - 1))), res.y1.unsqueeze(0), yq)
+            entries_j.append(torch.where(valid, jj, torch.full_like(jj, T)).T.reshape(-1))
+            entries_v.append(yq.reshape(k_max * B, *y0.shape[1:]))
+            j_next = j_next + cnt
+        tn = torch.where(accepted, t1, tn)
+        y = y_new
+        h = torch.where(new_done, h, h_new.clamp(max=cfg.max_step))
+        done = new_done
+        if code:
+            failed_at = codes
+            break
+        if n_run == 0:
+            break
+    n_acc, n_rej = torch.stack([stats.sample_accepted.sum(), stats.sample_rejected.sum()]).tolist()
+    stats.n_accepted += n_acc
+    stats.n_rejected += n_rej
+    out = torch.zeros(((T + 1) * B, *y0.shape[1:]), dtype=y0.dtype, device=dev)
+    rows = torch.cat(entries_j)  # (M,)
+    bidx = torch.arange(B, device=dev).repeat(rows.shape[0] // B)
+    out = out.index_put((rows * B + bidx,), torch.cat(entries_v))
+    ys = out[: T * B].reshape(T, *y0.shape)  # (T, B, ...)
+    if failed_at is None:
+        return Outcome(ys)
+    status = _CODES[int(code)]
+    bad = torch.nonzero(failed_at == code)[:, 0].tolist()
+    b = bad[0]
+    reached = int(j_next.min())
+    tb = float(tn.detach()[b])
+    what = {
+        Status.MAX_STEPS: f"sample {b} took {int(n_steps[b])} steps",
+        Status.STEP_SIZE_UNDERFLOW: f"the step size of sample {b} fell to {float(h_new[b]):.3g}",
+        Status.NON_FINITE: f"sample {b} became non-finite",
+    }[status]
+    more = f" ({len(bad)} samples failed: {bad[:5]})" if len(bad) > 1 else ""
+    return Outcome(ys[:reached], status, tb, f"{what}, stopped at t={tb:.6g}{more}", sample=b)
+
+
+def _has_batch_ratio(method) -> bool:
+    from ._base import AbstractAdaptiveSolver
+
+    return type(method).error_ratio is not AbstractAdaptiveSolver.error_ratio
+
+
+def _extra_stages(method, field, res, ks, tn, hstep, tdt, stats, counted):
+    """Dense-output-only stages of a tableau (``a_extra``), evaluated for the batch."""
+    from ._base import lincomb
+    from ._tableau import ButcherTableau
+
+    tab = method.tableau
+    s = tab.stages
+    h = expand_b(hstep.to(res.y0.real.dtype), res.y0)
+    for r in range(tab.c_extra.shape[0]):
+        terms = ButcherTableau.nonzero(tab.a_extra[r, : s + r])
+        yr = lincomb(res.y0, h, terms, ks)
+        ks.append(field((tn + float(tab.c_extra[r]) * hstep).to(tdt), yr))
+        stats.sample_f_evals += counted
+    return ks
