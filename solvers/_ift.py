@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from ._root import AbstractRootFinder, BatchView, Tolerance
+from ._root import AbstractRootFinder, BatchView, Tolerance, alternatives
 from ._solution import RootFinderError
 
 __all__ = ["StageEquation", "TransposeEquation", "solve_stage", "per_sample_jacobian"]
@@ -150,7 +150,7 @@ class _Spec:
             raise RootFinderError(
                 f"the transposed linear solve of an implicit step's gradient (t={float(self.t):.6g}) failed with "
                 f"root_finder={self.finder.name}: {res.reason} (iterations={res.iterations}, residual={res.residual:.3g}); "
-                "try root_finder='newton' or 'newton_krylov', or a smaller step"
+                + alternatives(self.finder.name)
             )
         return view.state(res.x)
 

@@ -11,8 +11,9 @@ stiff problems). Gradients flow per stage by the implicit-function theorem
 Options (constructor keywords, also accepted in ``odeint(..., options=...)``):
 
 ``root_finder``
-    ``"auto"`` (default: ``"newton"`` when a sample has at most 256 real unknowns, else
-    ``"newton_krylov"``), ``"fixed_point"``, ``"anderson"``, ``"newton"``,
+    ``"auto"`` (default: ``"newton"`` when a sample has at most 256 real unknowns *and*
+    the dense batched Jacobians fit the memory budget, else ``"newton_krylov"``; see
+    :func:`auto_root_finder`), ``"fixed_point"``, ``"anderson"``, ``"newton"``,
     ``"newton_krylov"``, or an :class:`~solvers.AbstractRootFinder` object.
 ``max_iters``, ``damping``
     Passed to a root finder given by name (``damping``: fixed point / Anderson only).
@@ -40,12 +41,32 @@ from ._base import AbstractImplicitSolver, AbstractSolver, StepResult, lincomb
 from ._ift import solve_stage
 from ._problem import VectorField
 from ._registry import register_method
-from ._root import AbstractRootFinder, BatchView, Newton, NewtonKrylov, Tolerance, get_root_finder
+from ._root import AbstractRootFinder, BatchView, Newton, NewtonKrylov, Tolerance, alternatives, get_root_finder
 from ._tableau import ButcherTableau
 
-__all__ = ["AbstractESDIRK", "ImplicitEuler", "ImplicitMidpoint", "Trapezoid"]
+__all__ = ["AbstractESDIRK", "ImplicitEuler", "ImplicitMidpoint", "Trapezoid", "auto_root_finder", "DENSE_MEMORY_BUDGET"]
 
 _AUTO_DENSE_LIMIT = 256
+#: Bytes that ``root_finder="auto"`` lets dense Newton spend on its per-sample Jacobians.
+DENSE_MEMORY_BUDGET = 2**28
+#: Batched ``(B, n, n)`` arrays alive at once in dense Newton: the Jacobian, its LU and the
+#: ``n`` batched VJP seeds and rows that build it.
+_DENSE_COPIES = 4
+
+
+def auto_root_finder(B: int, n: int, itemsize: int, budget: int = None) -> str:
+    """The root finder ``root_finder="auto"`` picks for ``B`` samples of ``n`` real unknowns.
+
+    ``"newton"`` (per-sample dense Jacobians, exact and cheap for small systems) when
+    ``n <= 256`` and ``4 * B * n^2 * itemsize`` bytes (the Jacobian, its LU and the batched
+    VJPs that build it) fit ``budget`` (default :data:`DENSE_MEMORY_BUDGET`, 256 MiB);
+    otherwise ``"newton_krylov"``, whose memory is ``O(B n)`` per Krylov vector. Half
+    precision counts as float32 (its linear algebra runs in float32).
+    """
+    budget = DENSE_MEMORY_BUDGET if budget is None else budget
+    if n <= _AUTO_DENSE_LIMIT and _DENSE_COPIES * B * n * n * max(itemsize, 4) <= budget:
+        return "newton"
+    return "newton_krylov"
 
 
 def _check_tol(name, v):
@@ -60,6 +81,8 @@ class _ESDIRKMixin:
     """Stepper over a tableau with an explicit first stage and implicit diagonal entries."""
 
     tableau: ButcherTableau
+    #: unknowns of one root solve per state component (1: one stage at a time)
+    _auto_unknowns = 1
     option_names = ("root_finder", "max_iters", "damping", "root_rtol", "root_atol", "predictor")
 
     def __init_subclass__(cls, **kwargs):
@@ -104,7 +127,8 @@ class _ESDIRKMixin:
             return self._finder
         view = BatchView(y0)
         n = (y0.numel() // view.B) * (2 if view.complex else 1)
-        return self._auto[0] if n <= _AUTO_DENSE_LIMIT else self._auto[1]
+        name = auto_root_finder(view.B, n * self._auto_unknowns, y0.real.element_size())
+        return self._auto[0] if name == "newton" else self._auto[1]
 
     def _tolerance(self, func, view: BatchView, y0: torch.Tensor) -> Tolerance:
         tols = getattr(func, "tols", None) or (1e-7, 1e-9)
@@ -133,7 +157,8 @@ class _ESDIRKMixin:
             x0 = ci + gamma * ks[-1] if explicit else z
             z, res = solve_stage(func, ts[i], ci, gamma, x0, finder, tol, view, func_stats(func), cache, key="stage")
             if not res.ok:
-                info = {"stage": i, "root_finder": finder.name, "iterations": res.iterations, "residual": f"{res.residual:.3g}", "reason": res.reason}
+                info = {"stage": i, "root_finder": finder.name, "iterations": res.iterations, "residual": f"{res.residual:.3g}", "reason": res.reason,
+                        "hint": alternatives(finder.name)}
                 return StepResult(y0, y0, f0, None, None, ks, h, ts, ok=False, info=info, func=func)
             ks.append((z - ci) / gamma)
         if self._stiffly_accurate:
