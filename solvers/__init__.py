@@ -25,6 +25,8 @@ from ._tableau import ButcherTableau
 from ._root import AbstractRootFinder, Anderson, FixedPoint, Newton, NewtonKrylov
 from ._implicit import AbstractESDIRK, ImplicitEuler, ImplicitMidpoint, Trapezoid
 from ._sdirk import AbstractAdaptiveESDIRK, Kvaerno3, Kvaerno5
+from ._ownloop import AbstractOwnLoopSolver
+from ._scipy import ScipySolver
 
 __all__ = [
     "odeint",
@@ -65,6 +67,8 @@ __all__ = [
     "Trapezoid",
     "Kvaerno3",
     "Kvaerno5",
+    "AbstractOwnLoopSolver",
+    "ScipySolver",
 ]
 
 __version__ = "0.1.0"

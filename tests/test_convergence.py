@@ -33,7 +33,7 @@ def exact(t: float) -> torch.Tensor:
     return torch.linalg.matrix_exp((t + t * t / 2) * A) @ Y0
 
 
-METHODS = sorted(n for n, cls in solvers.METHODS.items() if not cls.implicit)
+METHODS = sorted(n for n, cls in solvers.METHODS.items() if not cls.implicit and not getattr(cls, "external", False))
 
 # (T, step counts) per order: errors stay above roundoff (> 1e-13) and in the asymptotic
 # range. Tsit5's leading error constants are tiny, so its h^6 term fades only for small h;
