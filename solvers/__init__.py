@@ -24,7 +24,8 @@ from ._solution import (
 from ._tableau import ButcherTableau
 from ._root import AbstractRootFinder, Anderson, FixedPoint, Newton, NewtonKrylov
 from ._implicit import AbstractESDIRK, ImplicitEuler, ImplicitMidpoint, Trapezoid
-from ._sdirk import AbstractAdaptiveESDIRK, Kvaerno3, Kvaerno5
+from ._sdirk import SDIRK2, TRBDF2, AbstractAdaptiveESDIRK, Kvaerno3, Kvaerno5
+from ._collocation import AbstractCollocation, GaussLegendre4, GaussLegendre6, RadauIIA3, RadauIIA5
 from ._ownloop import AbstractOwnLoopSolver
 from ._scipy import ScipySolver
 
@@ -67,6 +68,13 @@ __all__ = [
     "Trapezoid",
     "Kvaerno3",
     "Kvaerno5",
+    "SDIRK2",
+    "TRBDF2",
+    "AbstractCollocation",
+    "GaussLegendre4",
+    "GaussLegendre6",
+    "RadauIIA3",
+    "RadauIIA5",
     "AbstractOwnLoopSolver",
     "ScipySolver",
 ]

@@ -77,30 +77,14 @@ def _check_tol(name, v):
     return float(v)
 
 
-class _ESDIRKMixin:
-    """Stepper over a tableau with an explicit first stage and implicit diagonal entries."""
+class ImplicitOptions:
+    """The options every implicit method shares (root finder, its tolerances, the
+    predictor) and the resolution of ``root_finder="auto"``; see the module docstring."""
 
-    tableau: ButcherTableau
-    #: unknowns of one root solve per state component (1: one stage at a time)
+    #: unknowns of one root solve per state component (1: one stage at a time; a
+    #: collocation method solves all ``s`` stages together)
     _auto_unknowns = 1
     option_names = ("root_finder", "max_iters", "damping", "root_rtol", "root_atol", "predictor")
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        tab = cls.__dict__.get("tableau")
-        if tab is None:
-            return
-        a = tab.a
-        s = tab.stages
-        if s < 2 or tab.c[0] != 0.0 or np.any(a[0] != 0.0) or np.any(np.triu(a, 1) != 0.0) or np.any(np.diag(a)[1:] <= 0.0):
-            raise ValueError(f"{cls.__name__}: an ESDIRK tableau needs an explicit first stage (c[0]=0, a[0]=0), no entries above the diagonal and positive a_ii for i >= 1")
-        cls.stage_c = tuple(float(c) for c in tab.c)
-        cls._rows = [ButcherTableau.nonzero(a[i, :i]) for i in range(s)]
-        cls._diag = [float(v) for v in np.diag(a)]
-        cls._b = ButcherTableau.nonzero(tab.b)
-        cls._e = ButcherTableau.nonzero(tab.b_error) if tab.b_error is not None else None
-        # stiffly accurate: y1 is the last stage value and k_last = f(t1, y1)
-        cls._stiffly_accurate = bool(tab.c[-1] == 1.0 and np.array_equal(a[-1], tab.b))
 
     def __init__(self, **options):
         AbstractSolver.__init__(self, **options)
@@ -139,6 +123,29 @@ class _ESDIRKMixin:
         y = view.flat(y0.detach())
         floor = 100 * eps * torch.sqrt(torch.mean(y * y, dim=1, keepdim=True))  # (B, 1)
         return Tolerance(view.flat_tol(rtol), view.flat_tol(atol), floor)
+
+
+class _ESDIRKMixin(ImplicitOptions):
+    """Stepper over a tableau with an explicit first stage and implicit diagonal entries."""
+
+    tableau: ButcherTableau
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        tab = cls.__dict__.get("tableau")
+        if tab is None:
+            return
+        a = tab.a
+        s = tab.stages
+        if s < 2 or tab.c[0] != 0.0 or np.any(a[0] != 0.0) or np.any(np.triu(a, 1) != 0.0) or np.any(np.diag(a)[1:] <= 0.0):
+            raise ValueError(f"{cls.__name__}: an ESDIRK tableau needs an explicit first stage (c[0]=0, a[0]=0), no entries above the diagonal and positive a_ii for i >= 1")
+        cls.stage_c = tuple(float(c) for c in tab.c)
+        cls._rows = [ButcherTableau.nonzero(a[i, :i]) for i in range(s)]
+        cls._diag = [float(v) for v in np.diag(a)]
+        cls._b = ButcherTableau.nonzero(tab.b)
+        cls._e = ButcherTableau.nonzero(tab.b_error) if tab.b_error is not None else None
+        # stiffly accurate: y1 is the last stage value and k_last = f(t1, y1)
+        cls._stiffly_accurate = bool(tab.c[-1] == 1.0 and np.array_equal(a[-1], tab.b))
 
     def step(self, func: Callable, ts: Sequence[torch.Tensor], y0: torch.Tensor, h, f0: torch.Tensor) -> StepResult:
         finder = self.root_finder_for(y0)
