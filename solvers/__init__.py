@@ -26,8 +26,10 @@ from ._root import AbstractRootFinder, Anderson, FixedPoint, Newton, NewtonKrylo
 from ._implicit import AbstractESDIRK, ImplicitEuler, ImplicitMidpoint, Trapezoid
 from ._sdirk import SDIRK2, TRBDF2, AbstractAdaptiveESDIRK, Kvaerno3, Kvaerno5
 from ._collocation import AbstractCollocation, GaussLegendre4, GaussLegendre6, RadauIIA3, RadauIIA5
+from ._radau import Radau5
 from ._ownloop import AbstractOwnLoopSolver
 from ._scipy import ScipySolver
+from ._adams import AbstractAdams, ExplicitAdams, FixedAdams, ImplicitAdams
 
 __all__ = [
     "odeint",
@@ -75,8 +77,13 @@ __all__ = [
     "GaussLegendre6",
     "RadauIIA3",
     "RadauIIA5",
+    "Radau5",
     "AbstractOwnLoopSolver",
     "ScipySolver",
+    "AbstractAdams",
+    "FixedAdams",
+    "ImplicitAdams",
+    "ExplicitAdams",
 ]
 
 __version__ = "0.1.0"
