@@ -52,6 +52,8 @@ def test_convergence_order_adaptive(name):
     T = 1.0
     exact = scipy.linalg.expm(A * T) @ Y0
     hs, errs, ests = [0.25, 0.125, 0.0625], [], []  # exact in binary
+    if name == "radau5":  # its filtered estimate (I - gamma0 h J)^-1 (...) is asymptotic for h|J| << 1 only
+        hs = [0.0625, 0.03125, 0.015625]
     for h in hs:
         sol = solvers.solve(_linear, torch.tensor(Y0), torch.tensor([0.0, T], dtype=D), method=name, rtol=1e6, atol=1e6,
                             options=dict(first_step=h, max_step=h, root_rtol=1e-13, root_atol=1e-15))
