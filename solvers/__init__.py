@@ -23,7 +23,7 @@ from ._solution import (
 )
 from ._tableau import ButcherTableau
 from ._root import AbstractRootFinder, Anderson, FixedPoint, Newton, NewtonKrylov
-from ._implicit import AbstractESDIRK, ImplicitEuler, ImplicitMidpoint, Trapezoid
+from ._implicit import DENSE_MEMORY_BUDGET, AbstractESDIRK, ImplicitEuler, ImplicitMidpoint, Trapezoid, auto_root_finder
 from ._sdirk import SDIRK2, TRBDF2, AbstractAdaptiveESDIRK, Kvaerno3, Kvaerno5
 from ._collocation import AbstractCollocation, GaussLegendre4, GaussLegendre6, RadauIIA3, RadauIIA5
 from ._radau import Radau5
@@ -64,6 +64,8 @@ __all__ = [
     "Newton",
     "NewtonKrylov",
     "AbstractESDIRK",
+    "auto_root_finder",
+    "DENSE_MEMORY_BUDGET",
     "AbstractAdaptiveESDIRK",
     "ImplicitEuler",
     "ImplicitMidpoint",
