@@ -23,8 +23,13 @@ from ._solution import (
 )
 from ._tableau import ButcherTableau
 from ._root import AbstractRootFinder, Anderson, FixedPoint, Newton, NewtonKrylov
-from ._implicit import AbstractESDIRK, ImplicitEuler, ImplicitMidpoint, Trapezoid
-from ._sdirk import AbstractAdaptiveESDIRK, Kvaerno3, Kvaerno5
+from ._implicit import DENSE_MEMORY_BUDGET, AbstractESDIRK, ImplicitEuler, ImplicitMidpoint, Trapezoid, auto_root_finder
+from ._sdirk import SDIRK2, TRBDF2, AbstractAdaptiveESDIRK, Kvaerno3, Kvaerno5
+from ._collocation import AbstractCollocation, GaussLegendre4, GaussLegendre6, RadauIIA3, RadauIIA5
+from ._radau import Radau5
+from ._ownloop import AbstractOwnLoopSolver
+from ._scipy import ScipySolver
+from ._adams import AbstractAdams, ExplicitAdams, FixedAdams, ImplicitAdams
 
 __all__ = [
     "odeint",
@@ -59,12 +64,28 @@ __all__ = [
     "Newton",
     "NewtonKrylov",
     "AbstractESDIRK",
+    "auto_root_finder",
+    "DENSE_MEMORY_BUDGET",
     "AbstractAdaptiveESDIRK",
     "ImplicitEuler",
     "ImplicitMidpoint",
     "Trapezoid",
     "Kvaerno3",
     "Kvaerno5",
+    "SDIRK2",
+    "TRBDF2",
+    "AbstractCollocation",
+    "GaussLegendre4",
+    "GaussLegendre6",
+    "RadauIIA3",
+    "RadauIIA5",
+    "Radau5",
+    "AbstractOwnLoopSolver",
+    "ScipySolver",
+    "AbstractAdams",
+    "FixedAdams",
+    "ImplicitAdams",
+    "ExplicitAdams",
 ]
 
 __version__ = "0.1.0"

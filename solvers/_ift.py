@@ -22,10 +22,10 @@ from typing import Optional
 
 import torch
 
-from ._root import AbstractRootFinder, BatchView, Tolerance
+from ._root import AbstractRootFinder, BatchView, Tolerance, alternatives
 from ._solution import RootFinderError
 
-__all__ = ["StageEquation", "TransposeEquation", "solve_stage", "per_sample_jacobian"]
+__all__ = ["StageEquation", "TransposeEquation", "solve_stage", "per_sample_jacobian", "attach_ift", "needs_graph"]
 
 
 def per_sample_jacobian(fx: torch.Tensor, xr: torch.Tensor) -> torch.Tensor:
@@ -125,11 +125,14 @@ class TransposeEquation:
 class _Spec:
     """What the backward pass of one stage needs (no per-solve state leaks elsewhere)."""
 
-    __slots__ = ("func", "t", "z", "gamma", "view", "finder", "rtol", "stats")
+    __slots__ = ("func", "t", "z", "gamma", "view", "finder", "rtol", "stats", "fmap")
 
-    def __init__(self, func, t, z, gamma, view, finder, rtol, stats):
+    def __init__(self, func, t, z, gamma, view, finder, rtol, stats, fmap=None):
         self.func, self.t, self.z, self.gamma = func, t, z, gamma
         self.view, self.finder, self.rtol, self.stats = view, finder, rtol, stats
+        #: ``x -> fx`` in the flat view with ``G(x) = const + gamma * fx`` (default: one stage,
+        #: ``fx = f(t, x)``; a collocation step passes its coupled stage map)
+        self.fmap = fmap
 
     def solve_transpose(self, g_state: torch.Tensor) -> torch.Tensor:
         view, stats = self.view, self.stats
@@ -137,7 +140,7 @@ class _Spec:
         with torch.enable_grad():
             xr = view.flat(self.z).detach().requires_grad_(True)
             n0 = stats.n_f_evals
-            fx = view.flat(self.func(self.t, view.state(xr)))
+            fx = self.fmap(xr) if self.fmap is not None else view.flat(self.func(self.t, view.state(xr)))
             stats.n_f_evals_backward += stats.n_f_evals - n0
             stats.n_f_evals = n0
         eq = TransposeEquation(fx, xr, self.gamma, g, stats)
@@ -150,7 +153,7 @@ class _Spec:
             raise RootFinderError(
                 f"the transposed linear solve of an implicit step's gradient (t={float(self.t):.6g}) failed with "
                 f"root_finder={self.finder.name}: {res.reason} (iterations={res.iterations}, residual={res.residual:.3g}); "
-                "try root_finder='newton' or 'newton_krylov', or a smaller step"
+                + alternatives(self.finder.name)
             )
         return view.state(res.x)
 
@@ -169,7 +172,7 @@ class _TransposeSolve(torch.autograd.Function):
         return ctx.spec.solve_transpose(g), None
 
 
-def _needs_graph(func, c, gamma, t) -> bool:
+def needs_graph(func, c, gamma, t) -> bool:
     if not torch.is_grad_enabled():
         return False
     if c.requires_grad or (isinstance(gamma, torch.Tensor) and gamma.requires_grad) or t.requires_grad:
@@ -208,11 +211,23 @@ def solve_stage(func, t, c, gamma, x0, finder: AbstractRootFinder, tol: Toleranc
     if not res.ok:
         stats.n_root_failures += 1
     z = view.state(res.x)
-    if res.ok and _needs_graph(func, c, gamma, t):
+    if res.ok and needs_graph(func, c, gamma, t):
         zd = z.detach()
-        Gz = c + gamma * func(t, zd)
-        if Gz.requires_grad:
-            rtol = tol.rtol if not isinstance(tol.rtol, torch.Tensor) else float(tol.rtol.max())
-            spec = _Spec(func, t.detach(), zd, gamma.detach() if isinstance(gamma, torch.Tensor) else gamma, view, finder, rtol, stats)
-            z = _TransposeSolve.apply(zd + (Gz - Gz.detach()), spec)
+        z = attach_ift(zd, c + gamma * func(t, zd), _Spec(func, t.detach(), zd, _detach(gamma), view, finder, _float_rtol(tol), stats))
     return z, res
+
+
+def _detach(v):
+    return v.detach() if isinstance(v, torch.Tensor) else v
+
+
+def _float_rtol(tol: Tolerance) -> float:
+    return tol.rtol if not isinstance(tol.rtol, torch.Tensor) else float(tol.rtol.max())
+
+
+def attach_ift(zd: torch.Tensor, Gz: torch.Tensor, spec: "_Spec") -> torch.Tensor:
+    """The root ``zd`` (detached) with the implicit-function-theorem gradient: ``Gz`` is one
+    evaluation ``G(zd)`` with a graph to the equation's inputs; the value stays ``zd``."""
+    if not Gz.requires_grad:
+        return zd
+    return _TransposeSolve.apply(zd + (Gz - Gz.detach()), spec)

@@ -11,8 +11,9 @@ stiff problems). Gradients flow per stage by the implicit-function theorem
 Options (constructor keywords, also accepted in ``odeint(..., options=...)``):
 
 ``root_finder``
-    ``"auto"`` (default: ``"newton"`` when a sample has at most 256 real unknowns, else
-    ``"newton_krylov"``), ``"fixed_point"``, ``"anderson"``, ``"newton"``,
+    ``"auto"`` (default: ``"newton"`` when a sample has at most 256 real unknowns *and*
+    the dense batched Jacobians fit the memory budget, else ``"newton_krylov"``; see
+    :func:`auto_root_finder`), ``"fixed_point"``, ``"anderson"``, ``"newton"``,
     ``"newton_krylov"``, or an :class:`~solvers.AbstractRootFinder` object.
 ``max_iters``, ``damping``
     Passed to a root finder given by name (``damping``: fixed point / Anderson only).
@@ -40,12 +41,32 @@ from ._base import AbstractImplicitSolver, AbstractSolver, StepResult, lincomb
 from ._ift import solve_stage
 from ._problem import VectorField
 from ._registry import register_method
-from ._root import AbstractRootFinder, BatchView, Newton, NewtonKrylov, Tolerance, get_root_finder
+from ._root import AbstractRootFinder, BatchView, Newton, NewtonKrylov, Tolerance, alternatives, get_root_finder
 from ._tableau import ButcherTableau
 
-__all__ = ["AbstractESDIRK", "ImplicitEuler", "ImplicitMidpoint", "Trapezoid"]
+__all__ = ["AbstractESDIRK", "ImplicitEuler", "ImplicitMidpoint", "Trapezoid", "auto_root_finder", "DENSE_MEMORY_BUDGET"]
 
 _AUTO_DENSE_LIMIT = 256
+#: Bytes that ``root_finder="auto"`` lets dense Newton spend on its per-sample Jacobians.
+DENSE_MEMORY_BUDGET = 2**28
+#: Batched ``(B, n, n)`` arrays alive at once in dense Newton: the Jacobian, its LU and the
+#: ``n`` batched VJP seeds and rows that build it.
+_DENSE_COPIES = 4
+
+
+def auto_root_finder(B: int, n: int, itemsize: int, budget: int = None) -> str:
+    """The root finder ``root_finder="auto"`` picks for ``B`` samples of ``n`` real unknowns.
+
+    ``"newton"`` (per-sample dense Jacobians, exact and cheap for small systems) when
+    ``n <= 256`` and ``4 * B * n^2 * itemsize`` bytes (the Jacobian, its LU and the batched
+    VJPs that build it) fit ``budget`` (default :data:`DENSE_MEMORY_BUDGET`, 256 MiB);
+    otherwise ``"newton_krylov"``, whose memory is ``O(B n)`` per Krylov vector. Half
+    precision counts as float32 (its linear algebra runs in float32).
+    """
+    budget = DENSE_MEMORY_BUDGET if budget is None else budget
+    if n <= _AUTO_DENSE_LIMIT and _DENSE_COPIES * B * n * n * max(itemsize, 4) <= budget:
+        return "newton"
+    return "newton_krylov"
 
 
 def _check_tol(name, v):
@@ -56,28 +77,14 @@ def _check_tol(name, v):
     return float(v)
 
 
-class _ESDIRKMixin:
-    """Stepper over a tableau with an explicit first stage and implicit diagonal entries."""
+class ImplicitOptions:
+    """The options every implicit method shares (root finder, its tolerances, the
+    predictor) and the resolution of ``root_finder="auto"``; see the module docstring."""
 
-    tableau: ButcherTableau
+    #: unknowns of one root solve per state component (1: one stage at a time; a
+    #: collocation method solves all ``s`` stages together)
+    _auto_unknowns = 1
     option_names = ("root_finder", "max_iters", "damping", "root_rtol", "root_atol", "predictor")
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        tab = cls.__dict__.get("tableau")
-        if tab is None:
-            return
-        a = tab.a
-        s = tab.stages
-        if s < 2 or tab.c[0] != 0.0 or np.any(a[0] != 0.0) or np.any(np.triu(a, 1) != 0.0) or np.any(np.diag(a)[1:] <= 0.0):
-            raise ValueError(f"{cls.__name__}: an ESDIRK tableau needs an explicit first stage (c[0]=0, a[0]=0), no entries above the diagonal and positive a_ii for i >= 1")
-        cls.stage_c = tuple(float(c) for c in tab.c)
-        cls._rows = [ButcherTableau.nonzero(a[i, :i]) for i in range(s)]
-        cls._diag = [float(v) for v in np.diag(a)]
-        cls._b = ButcherTableau.nonzero(tab.b)
-        cls._e = ButcherTableau.nonzero(tab.b_error) if tab.b_error is not None else None
-        # stiffly accurate: y1 is the last stage value and k_last = f(t1, y1)
-        cls._stiffly_accurate = bool(tab.c[-1] == 1.0 and np.array_equal(a[-1], tab.b))
 
     def __init__(self, **options):
         AbstractSolver.__init__(self, **options)
@@ -104,7 +111,8 @@ class _ESDIRKMixin:
             return self._finder
         view = BatchView(y0)
         n = (y0.numel() // view.B) * (2 if view.complex else 1)
-        return self._auto[0] if n <= _AUTO_DENSE_LIMIT else self._auto[1]
+        name = auto_root_finder(view.B, n * self._auto_unknowns, y0.real.element_size())
+        return self._auto[0] if name == "newton" else self._auto[1]
 
     def _tolerance(self, func, view: BatchView, y0: torch.Tensor) -> Tolerance:
         tols = getattr(func, "tols", None) or (1e-7, 1e-9)
@@ -115,6 +123,29 @@ class _ESDIRKMixin:
         y = view.flat(y0.detach())
         floor = 100 * eps * torch.sqrt(torch.mean(y * y, dim=1, keepdim=True))  # (B, 1)
         return Tolerance(view.flat_tol(rtol), view.flat_tol(atol), floor)
+
+
+class _ESDIRKMixin(ImplicitOptions):
+    """Stepper over a tableau with an explicit first stage and implicit diagonal entries."""
+
+    tableau: ButcherTableau
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        tab = cls.__dict__.get("tableau")
+        if tab is None:
+            return
+        a = tab.a
+        s = tab.stages
+        if s < 2 or tab.c[0] != 0.0 or np.any(a[0] != 0.0) or np.any(np.triu(a, 1) != 0.0) or np.any(np.diag(a)[1:] <= 0.0):
+            raise ValueError(f"{cls.__name__}: an ESDIRK tableau needs an explicit first stage (c[0]=0, a[0]=0), no entries above the diagonal and positive a_ii for i >= 1")
+        cls.stage_c = tuple(float(c) for c in tab.c)
+        cls._rows = [ButcherTableau.nonzero(a[i, :i]) for i in range(s)]
+        cls._diag = [float(v) for v in np.diag(a)]
+        cls._b = ButcherTableau.nonzero(tab.b)
+        cls._e = ButcherTableau.nonzero(tab.b_error) if tab.b_error is not None else None
+        # stiffly accurate: y1 is the last stage value and k_last = f(t1, y1)
+        cls._stiffly_accurate = bool(tab.c[-1] == 1.0 and np.array_equal(a[-1], tab.b))
 
     def step(self, func: Callable, ts: Sequence[torch.Tensor], y0: torch.Tensor, h, f0: torch.Tensor) -> StepResult:
         finder = self.root_finder_for(y0)
@@ -133,7 +164,8 @@ class _ESDIRKMixin:
             x0 = ci + gamma * ks[-1] if explicit else z
             z, res = solve_stage(func, ts[i], ci, gamma, x0, finder, tol, view, func_stats(func), cache, key="stage")
             if not res.ok:
-                info = {"stage": i, "root_finder": finder.name, "iterations": res.iterations, "residual": f"{res.residual:.3g}", "reason": res.reason}
+                info = {"stage": i, "root_finder": finder.name, "iterations": res.iterations, "residual": f"{res.residual:.3g}", "reason": res.reason,
+                        "hint": alternatives(finder.name)}
                 return StepResult(y0, y0, f0, None, None, ks, h, ts, ok=False, info=info, func=func)
             ks.append((z - ci) / gamma)
         if self._stiffly_accurate:

@@ -69,7 +69,10 @@ def integrate(field, y0: torch.Tensor, t: torch.Tensor, method: AbstractSolver, 
         return _integrate_batched(field, y0, t, method, cfg, stats)
     if t.shape[0] == 1:
         return Outcome([y0])
-    if method.adaptive:
+    own_loop = getattr(method, "integrate", None)  # multistep methods, wrappers (solvers._ownloop)
+    if own_loop is not None:
+        out = own_loop(field, y0, t, cfg, stats)
+    elif method.adaptive:
         out = _adaptive(field, y0, t, method, cfg, stats)
     else:
         out = _fixed(field, y0, t, method, cfg, stats)

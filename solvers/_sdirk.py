@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from ._base import AbstractAdaptiveSolver, AbstractImplicitSolver
-from ._implicit import _ESDIRKMixin
+from ._implicit import AbstractESDIRK, _ESDIRKMixin
 from ._registry import register_method
 from ._tableau import ButcherTableau
 
-__all__ = ["AbstractAdaptiveESDIRK", "Kvaerno3", "Kvaerno5"]
+__all__ = ["AbstractAdaptiveESDIRK", "Kvaerno3", "Kvaerno5", "SDIRK2", "TRBDF2"]
 
 
 def _kvaerno3() -> ButcherTableau:
@@ -52,6 +52,24 @@ def _kvaerno5() -> ButcherTableau:
     return ButcherTableau(c=c, a=a, b=b, b_error=[x - y for x, y in zip(b, b_hat)])
 
 
+def _sdirk2() -> ButcherTableau:
+    # Alexander's 2-stage SDIRK (gamma = 1 - 1/sqrt 2), written with an explicit first
+    # stage of zero weight so the ESDIRK stepper runs it (f0 is evaluated anyway and reused)
+    g = 1.0 - np.sqrt(0.5)
+    return ButcherTableau(c=[0.0, g, 1.0], a=[[0.0], [0.0, g], [0.0, 1.0 - g, g]], b=[0.0, 1.0 - g, g])
+
+
+def _trbdf2() -> ButcherTableau:
+    # TR-BDF2 (Bank et al. 1985) as an ESDIRK with gamma = 2 - sqrt 2; embedded third-order
+    # weights of Hosea & Shampine, "Analysis and implementation of TR-BDF2", APNUM 20 (1996)
+    g = 2.0 - np.sqrt(2.0)
+    d = g / 2.0
+    w = np.sqrt(2.0) / 4.0
+    b = [w, w, d]
+    b_hat = [(1.0 - w) / 3.0, (3.0 * w + 1.0) / 3.0, d / 3.0]
+    return ButcherTableau(c=[0.0, g, 1.0], a=[[0.0], [d, d], [w, w, d]], b=b, b_error=[x - y for x, y in zip(b, b_hat)])
+
+
 class AbstractAdaptiveESDIRK(_ESDIRKMixin, AbstractAdaptiveSolver, AbstractImplicitSolver):
     """An embedded ESDIRK pair (``tableau`` with ``b_error``) for stiff problems.
 
@@ -80,3 +98,26 @@ class Kvaerno5(AbstractAdaptiveESDIRK):
     """
 
     name, order, error_order, tableau = "kvaerno5", 5, 4, _kvaerno5()
+
+
+@register_method
+class SDIRK2(AbstractESDIRK):
+    """Alexander's two-stage SDIRK: order 2, L-stable, stiffly accurate (``gamma = 1 - 1/sqrt 2``).
+
+    Two implicit stages sharing one Newton matrix ``I - gamma h J``. FSAL. Fixed step.
+    Dense output: cubic Hermite.
+    """
+
+    name, order, tableau = "sdirk2", 2, _sdirk2()
+
+
+@register_method
+class TRBDF2(AbstractAdaptiveESDIRK):
+    """TR-BDF2: a trapezoidal stage to ``t0 + gamma h`` then BDF2, ``gamma = 2 - sqrt 2``.
+
+    Order 2 with Hosea–Shampine's embedded order-3 estimate; 3 stages (2 implicit, one
+    shared Newton matrix); L-stable and stiffly accurate; FSAL. Dense output: cubic Hermite.
+    The controller uses the error estimate's order 2 (``min(order, error_order)``).
+    """
+
+    name, order, error_order, tableau = "trbdf2", 2, 3, _trbdf2()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional, Sequence
 
 import numpy as np
@@ -10,6 +11,44 @@ import numpy as np
 __all__ = ["ButcherTableau"]
 
 _TOL = 1e-12
+
+
+# Rooted trees (Butcher): a tree is the sorted tuple of its children's trees; () is a node.
+def _grow(tree: tuple) -> set:
+    out = {tuple(sorted(tree + ((),)))}
+    for i, child in enumerate(tree):
+        for g in _grow(child):
+            out.add(tuple(sorted(tree[:i] + (g,) + tree[i + 1 :])))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def rooted_trees(n: int) -> tuple:
+    """All rooted trees with ``n`` nodes (1, 1, 2, 4, 9, 20, 48, 115 for n = 1..8)."""
+    if n == 1:
+        return ((),)
+    out = set()
+    for t in rooted_trees(n - 1):
+        out |= _grow(t)
+    return tuple(sorted(out))
+
+
+def _density(tree: tuple) -> int:
+    g = 1 + sum(_nodes(c) for c in tree)
+    for c in tree:
+        g *= _density(c)
+    return g
+
+
+def _nodes(tree: tuple) -> int:
+    return 1 + sum(_nodes(c) for c in tree)
+
+
+def _weights(tree: tuple, a: np.ndarray) -> np.ndarray:
+    g = np.ones(a.shape[0])
+    for c in tree:
+        g = g * (a @ _weights(c, a))
+    return g
 
 
 def _as_array(name: str, value, ndim: int) -> np.ndarray:
@@ -131,6 +170,28 @@ class ButcherTableau:
             if np.max(np.abs(at_one - full_b)) > 1e-10:
                 raise ValueError("ButcherTableau: b_dense at theta=1 must reproduce b (dense output must be continuous)")
             object.__setattr__(self, "b_dense", d)
+
+    def order_residual(self, n: int, weights=None) -> float:
+        """Largest ``|b . Phi(tau) - 1/gamma(tau)|`` over the rooted trees with ``n`` nodes
+        (``weights`` in place of ``b``, e.g. an embedded solution)."""
+        w = self.b if weights is None else np.asarray(weights, dtype=np.float64)
+        return max(abs(float(w @ _weights(t, self.a)) - 1.0 / _density(t)) for t in rooted_trees(n))
+
+    def order(self, limit: int = 8, tol: float = 1e-10, weights=None) -> int:
+        """The order the coefficients achieve: the largest ``p <= limit`` whose order
+        conditions (every rooted tree with at most ``p`` nodes) hold to ``tol``."""
+        p = 0
+        while p < limit and self.order_residual(p + 1, weights) < tol:
+            p += 1
+        return p
+
+    def check_order(self, order: int, owner: str = "ButcherTableau", tol: float = 1e-10) -> None:
+        """Raise ``ValueError`` naming the first tree order whose conditions fail, if the
+        coefficients do not have at least ``order``."""
+        for n in range(1, order + 1):
+            r = self.order_residual(n)
+            if r >= tol:
+                raise ValueError(f"{owner}: the order-{n} conditions fail (residual {r:.3g}), so the tableau is not of order {order}")
 
     @property
     def stages(self) -> int:

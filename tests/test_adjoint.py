@@ -12,7 +12,7 @@ import solvers
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
-ADAPTIVE = sorted(n for n, c in solvers.METHODS.items() if c.adaptive and not c.implicit)
+ADAPTIVE = sorted(n for n, c in solvers.METHODS.items() if c.adaptive and not c.implicit and not getattr(c, "external", False))
 HIGH_ORDER = [n for n in ADAPTIVE if solvers.METHODS[n].order >= 4]
 LOW_ORDER = [n for n in ADAPTIVE if solvers.METHODS[n].order < 4]
 FIXED = sorted(n for n, c in solvers.METHODS.items() if not c.adaptive and not c.implicit and c.order >= 2)

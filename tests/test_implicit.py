@@ -10,7 +10,7 @@ import torch
 import solvers
 
 D = torch.float64
-FIXED = ["implicit_euler", "implicit_midpoint", "trapezoid"]
+FIXED = sorted(n for n, c in solvers.METHODS.items() if c.implicit and not c.adaptive)
 ADAPTIVE = [n for n, c in solvers.METHODS.items() if c.implicit and c.adaptive]
 FINDERS = ["fixed_point", "anderson", "newton", "newton_krylov"]
 
@@ -52,19 +52,22 @@ def test_convergence_order_adaptive(name):
     T = 1.0
     exact = scipy.linalg.expm(A * T) @ Y0
     hs, errs, ests = [0.25, 0.125, 0.0625], [], []  # exact in binary
+    if name == "radau5":  # its filtered estimate (I - gamma0 h J)^-1 (...) is asymptotic for h|J| << 1 only
+        hs = [0.0625, 0.03125, 0.015625]
     for h in hs:
         sol = solvers.solve(_linear, torch.tensor(Y0), torch.tensor([0.0, T], dtype=D), method=name, rtol=1e6, atol=1e6,
                             options=dict(first_step=h, max_step=h, root_rtol=1e-13, root_atol=1e-15))
         assert sol.stats.n_rejected == 0 and sol.stats.n_steps == round(T / h)
         errs.append(np.abs(sol.ys[-1].numpy() - exact).max())
-        # local error estimate of one step ~ h^(error_order + 1)
+        # local error estimate of one step ~ h^(min(order, error_order) + 1): the difference of
+        # the two solutions is as large as the less accurate one (TR-BDF2's embedded one is better)
         m = solvers.METHODS[name]()
         y0 = torch.tensor(Y0)
         res = m.step(_linear, [torch.tensor(c * h, dtype=D) for c in m.stage_c], y0, h, _linear(None, y0))
         ests.append(float(res.error.abs().max()))
     order = solvers.METHODS[name].order
     assert abs(_order_fit(errs, hs) - order) < 0.3
-    assert abs(_order_fit(ests, hs) - (solvers.METHODS[name].error_order + 1)) < 0.3
+    assert abs(_order_fit(ests, hs) - (min(order, solvers.METHODS[name].error_order) + 1)) < 0.3
 
 
 def test_adaptive_accuracy_against_expm():

@@ -48,7 +48,7 @@ PROBLEMS = {
     "forced_duffing": (forced_duffing, [1.0, 0.0], 8.0),
 }
 
-ADAPTIVE = sorted(n for n, cls in solvers.METHODS.items() if cls.adaptive and not cls.implicit)
+ADAPTIVE = sorted(n for n, cls in solvers.METHODS.items() if cls.adaptive and not cls.implicit and not getattr(cls, "external", False))
 SCIPY_TWIN = {"bosh3": "RK23", "dopri5": "RK45", "dopri8": "DOP853"}
 # Global error / (tol * (1 + |y|)) stays below this. fehlberg2's embedded estimate weighs the
 # first-order solution by 1/512 (torchdiffeq's tableau), so it underestimates the error of
