@@ -131,31 +131,37 @@ def lyapunov_exponents(field: Callable, y0: torch.Tensor, *, t_end: float, dt: f
 
 
 def map_lyapunov_exponent(step: Callable[[torch.Tensor], torch.Tensor], h0: torch.Tensor, *, n_steps: int,
-                          transient: int = 0, generator: Optional[torch.Generator] = None) -> float:
+                          transient: int = 0, generator: Optional[torch.Generator] = None):
     """Largest Lyapunov exponent of the map ``h -> step(h)`` (per step), by renormalised JVPs.
 
     Parameters
     ----------
     step : callable
-        One step of the map on a 1-D state.
+        One step of the map on a 1-D state, or on a batch ``(B, n)`` of independent rows.
     h0 : Tensor
-        Initial state.
+        Initial state, ``(n,)`` or ``(B, n)``.
     n_steps : int
         Steps averaged over (after ``transient`` steps discarded).
+
+    Returns
+    -------
+    float or numpy.ndarray
+        The exponent (one per row for a batched state).
     """
     h = h0.detach().clone()
     with torch.no_grad():
         for _ in range(transient):
             h = step(h)
     v = torch.randn(h.shape, dtype=h.dtype, generator=generator)
-    v = v / v.norm()
-    acc = 0.0
+    v = v / v.norm(dim=-1, keepdim=True)
+    acc = torch.zeros(h.shape[:-1], dtype=h.dtype)
     for _ in range(n_steps):
         h, v = torch.func.jvp(step, (h,), (v,))
-        nv = v.norm()
-        acc += math.log(float(nv))
+        nv = v.norm(dim=-1, keepdim=True)
+        acc += torch.log(nv[..., 0])
         v = v / nv
-    return acc / n_steps
+    out = (acc / n_steps).numpy()
+    return float(out) if h0.dim() == 1 else out
 
 
 def log_growth_slope(times, values) -> float:
