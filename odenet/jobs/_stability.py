@@ -128,7 +128,7 @@ def stability(config: Optional[StabilityConfig] = None, **kwargs) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     bar = tqdm(ids, desc="odenet stability", unit="claim", disable=config.quiet)
-    ctx = Context(full=config.full, seed=config.seed, tick=lambda text: bar.set_postfix_str(text, refresh=False))
+    ctx = Context(full=config.full, seed=config.seed, tick=lambda text: bar.set_postfix_str(text))
     claims: List[Claim] = []
     seconds = {}
     start = time.perf_counter()
