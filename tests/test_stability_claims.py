@@ -113,3 +113,14 @@ def test_lorenz_sum_of_exponents_is_trace():
     res = lyapunov_exponents(Lorenz(), torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64), t_end=5.0,
                              dt=0.01, transient=1.0)
     assert abs(res["sum"] + 13.666666666666666) < 1e-3
+
+
+def test_section_i(ctx):
+    from odenet.jobs._stab_i import MEASURES
+
+    for cid, fn in MEASURES.items():
+        c = fn(ctx)
+        assert c.holds is True, (cid, c.measured)
+    from odenet.jobs._stab_i import i2
+
+    assert i2(ctx).measured["chain mean"] == 34.0

@@ -1,4 +1,4 @@
-"""The ``odenet stability`` job: measure the claims of CLAIMS.md sections A-H.
+"""The ``odenet stability`` job: measure the claims of CLAIMS.md sections A-I.
 
 A readable pipeline::
 
@@ -7,7 +7,7 @@ A readable pipeline::
 
 Each claim is measured on this project's own solvers, fields and blocks by a function of
 :mod:`odenet.jobs._stab_a` (section A), ``_stab_b`` (B), ``_stab_cde`` (C1, D, E) and
-``_stab_fgh`` (F, G, H), with the reusable measurements of :mod:`odenet.analysis`.
+``_stab_fgh`` (F, G, H) and ``_stab_i`` (I), with the reusable measurements of :mod:`odenet.analysis`.
 C2, C3 and H1's PGD half belong to ``odenet robustness``.
 """
 
@@ -21,14 +21,15 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from . import _stab_a, _stab_b, _stab_cde, _stab_fgh
+from . import _stab_a, _stab_b, _stab_cde, _stab_fgh, _stab_i
 from ._claims import Claim, write_claims_report
 from ._stab_common import Context
 
 __all__ = ["StabilityConfig", "stability", "STABILITY_CLAIMS", "check_out_dir"]
 
 #: Claim ID -> measurement, in CLAIMS.md order.
-_MEASURES = {**_stab_a.MEASURES, **_stab_b.MEASURES, **_stab_cde.MEASURES, **_stab_fgh.MEASURES}
+_MEASURES = {**_stab_a.MEASURES, **_stab_b.MEASURES, **_stab_cde.MEASURES, **_stab_fgh.MEASURES,
+             **_stab_i.MEASURES}
 STABILITY_CLAIMS = tuple(sorted(_MEASURES, key=lambda k: (k[0], int(k[1:]))))
 
 
@@ -149,7 +150,7 @@ def stability(config: Optional[StabilityConfig] = None, **kwargs) -> dict:
         figures = [p.name for p in write_figures(ctx.figures, out)]
     extra = {"config": asdict(config), "seconds": {"total": round(time.perf_counter() - start, 2), **seconds},
              "figures": figures}
-    payload = write_claims_report(out, claims, title="odenet stability: claims of CLAIMS.md A-H", extra=extra)
+    payload = write_claims_report(out, claims, title="odenet stability: claims of CLAIMS.md A-I", extra=extra)
     if not config.quiet:
         n_yes = sum(c.holds is True for c in claims)
         n_no = sum(c.holds is False for c in claims)
