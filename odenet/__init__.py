@@ -15,7 +15,8 @@ The pieces, bottom up:
   robustness (:func:`fgsm`, :func:`accuracy_vs_epsilon`) and the ``odenet compare``
   main job (:func:`compare`).
 
-Subpackages: ``fields``, ``models``, ``data``, ``training``, ``robustness``, ``jobs``; the
+Subpackages: ``fields``, ``models``, ``data``, ``training``, ``robustness``, ``analysis``
+(stability functions, Jacobian gains, Lyapunov exponents), ``jobs``; the
 block is ``odenet._block`` and the command line ``odenet.cli``. Every public name is
 importable from ``odenet`` itself.
 
@@ -27,7 +28,8 @@ from ._io import CheckpointError, load_checkpoint, save_checkpoint
 from .data import DATASETS, DataBundle, iterate_batches, load_dataset
 from .fields import (ACTIVATIONS, MONOTONE_ACTIVATIONS, TIME_MODES, ConvField, LayerwiseField, MLPField,
                      ParabolicConvField, ParabolicMLPField, spectral_normalize)
-from .jobs import CompareConfig, compare, format_table
+from .jobs import CompareConfig, StabilityConfig, compare, format_table, stability
+from . import analysis
 from .models import MODEL_KINDS, ImageClassifier, MLPClassifier, build_model
 from .robustness import accuracy_vs_epsilon, fgsm, fgsm_accuracy, noise_accuracy
 from .training import (FIELDS, VIEWS, TrainConfig, TrainingError, TrainResult, build_view_model, evaluate, fit,
@@ -82,6 +84,10 @@ __all__ = [
     "CompareConfig",
     "compare",
     "format_table",
+    # the stability job and its measurements
+    "StabilityConfig",
+    "stability",
+    "analysis",
 ]
 
 __version__ = "0.1.0"

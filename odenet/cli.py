@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="odenet",
         description="Train one vector field as a ResNet, an implicit ResNet or a Neural ODE.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,compare}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,compare,stability}")
     sub.required = True
 
     tr = sub.add_parser(
@@ -150,7 +150,33 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--strict", action="store_true",
                     help="exit with status 1 when a view's training fails numerically (default: "
                          "report the failure in the table and results.json and exit 0)")
+    _add_stability(sub)
     return parser
+
+
+def _add_stability(sub) -> None:
+    """The ``odenet stability`` subcommand (argument parsing only)."""
+    st = sub.add_parser(
+        "stability", help="measure the stability claims of CLAIMS.md (A-H) and write a report",
+        description="Measure stability functions and regions of every registered method, gradient flow "
+                    "through depth, non-expansive implicit steps, norm-preserving dynamics, error "
+                    "propagation, Lyapunov exponents, gating and normalisation; write results.json, "
+                    "claims.md and PNGs into --out.")
+    st.add_argument("--out", required=True, help="output directory (created)")
+    st.add_argument("--claims", default=None,
+                    help="comma-separated claim IDs to measure, e.g. A1,B2 (default: all)")
+    st.add_argument("--full", action="store_true", help="long versions (Lorenz at T=1e4, more samples)")
+    st.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    st.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_stability(args: argparse.Namespace) -> int:
+    from .jobs._stability import StabilityConfig, check_out_dir, stability
+
+    check_out_dir(args.out)  # before any work
+    stability(StabilityConfig(out=args.out, claims=args.claims, full=args.full, seed=args.seed,
+                              quiet=args.quiet))
+    return 0
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -212,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _run_train(args)
+        if args.command == "stability":
+            return _run_stability(args)
         return _run_compare(args)
     except (ValueError, TypeError, CheckpointError) as exc:
         if os.environ.get("ODENET_DEBUG"):
