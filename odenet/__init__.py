@@ -12,8 +12,9 @@ The pieces, bottom up:
 - classifiers :class:`ImageClassifier`, :class:`MLPClassifier` and :func:`build_model`;
 - data (:func:`load_dataset`: digits, circles, spirals; no downloads), training
   (:func:`train`, :func:`fit`, resumable atomic checkpoints, DDP under ``torchrun``),
-  robustness (:func:`fgsm`, :func:`accuracy_vs_epsilon`) and the ``odenet compare``
-  main job (:func:`compare`).
+  robustness (:func:`fgsm`, :func:`pgd`, :func:`transfer_pgd`, :func:`square_attack`,
+  :func:`attack_suite`), the ``odenet compare`` main job (:func:`compare`) and the
+  ``odenet robustness`` job (:func:`robustness`).
 
 Subpackages: ``fields``, ``models``, ``data``, ``training``, ``robustness``, ``analysis``
 (stability functions, Jacobian gains, Lyapunov exponents), ``jobs``; the
@@ -28,10 +29,11 @@ from ._io import CheckpointError, load_checkpoint, save_checkpoint
 from .data import DATASETS, DataBundle, iterate_batches, load_dataset
 from .fields import (ACTIVATIONS, MONOTONE_ACTIVATIONS, TIME_MODES, ConvField, LayerwiseField, MLPField,
                      ParabolicConvField, ParabolicMLPField, spectral_normalize)
-from .jobs import CompareConfig, StabilityConfig, compare, format_table, stability
 from . import analysis
+from .jobs import CompareConfig, RobustnessConfig, StabilityConfig, compare, format_table, robustness, stability
 from .models import MODEL_KINDS, ImageClassifier, MLPClassifier, build_model
-from .robustness import accuracy_vs_epsilon, fgsm, fgsm_accuracy, noise_accuracy
+from .robustness import (AttackSettings, accuracy_vs_epsilon, attack_suite, fgsm, fgsm_accuracy, noise_accuracy, pgd,
+                         square_attack, transfer_pgd)
 from .training import (FIELDS, VIEWS, TrainConfig, TrainingError, TrainResult, build_view_model, evaluate, fit,
                        load_model, set_seed, solver_config_for, train)
 
@@ -80,6 +82,11 @@ __all__ = [
     "fgsm_accuracy",
     "accuracy_vs_epsilon",
     "noise_accuracy",
+    "pgd",
+    "transfer_pgd",
+    "square_attack",
+    "attack_suite",
+    "AttackSettings",
     # the main job
     "CompareConfig",
     "compare",
@@ -88,6 +95,9 @@ __all__ = [
     "StabilityConfig",
     "stability",
     "analysis",
+    # the robustness job
+    "RobustnessConfig",
+    "robustness",
 ]
 
 __version__ = "0.1.0"

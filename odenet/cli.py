@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="odenet",
         description="Train one vector field as a ResNet, an implicit ResNet or a Neural ODE.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,compare,stability}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,compare,stability,robustness}")
     sub.required = True
 
     tr = sub.add_parser(
@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="exit with status 1 when a view's training fails numerically (default: "
                          "report the failure in the table and results.json and exit 0)")
     _add_stability(sub)
+    _add_robustness(sub)
     return parser
 
 
@@ -176,6 +177,66 @@ def _run_stability(args: argparse.Namespace) -> int:
     check_out_dir(args.out)  # before any work
     stability(StabilityConfig(out=args.out, claims=args.claims, full=args.full, seed=args.seed,
                               quiet=args.quiet))
+    return 0
+
+
+# ----------------------------------------------------------------------------- odenet robustness
+
+def _add_robustness(sub) -> None:
+    rb = sub.add_parser(
+        "robustness", help="attack the three views (FGSM, PGD, transfer, Square, noise); claims C2, C3, H1",
+        description="Train the three views of one field and their variants (implicit nu in -1, 0, 2; spectral "
+                    "norm on/off) over several seeds, or load them from `odenet compare` runs, attack them on "
+                    "one fixed test subset, run the protocol's sanity checks and measure claims C2, C3 and H1; "
+                    "write results.json, robustness.md, claims.md and PNGs into --out.")
+    rb.add_argument("--out", required=True, help="output directory (created; must not be a file)")
+    rb.add_argument("--quick", action="store_true", help="tiny budgets for a smoke test (not protocol-conformant)")
+    rb.add_argument("--models-from", metavar="DIR", help="load the models from an `odenet compare` --out "
+                    "directory (or a directory of such runs) instead of training")
+    rb.add_argument("--runs", type=_positive_int, default=None, help="independent training runs (default 3)")
+    rb.add_argument("--epsilons", type=_float_list, default=None,
+                    help="comma-separated radii as fractions of the input range (default 0,0.01,0.02,0.05,0.1,0.2,0.3)")
+    rb.add_argument("--variants", default=None, help="comma-separated variants (default all: resnet, implicit, "
+                    "node, implicit_nu0, implicit_nu-1, resnet_sn)")
+    rb.add_argument("--seed", type=_nonneg_int, default=0, help="first seed (default 0)")
+    rb.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="device (default cpu)")
+    rb.add_argument("--quiet", action="store_true", help="print only the final table")
+    rb.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+
+
+def _check_out_dir(path: str) -> None:
+    """ValueError unless ``path`` is (or can become) a writable directory; nothing is created."""
+    p = os.path.abspath(path)
+    if os.path.exists(p) and not os.path.isdir(p):
+        raise ValueError(f"--out {path} is an existing file; pass a directory")
+    parent = p
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"--out {path} lies under the file {parent}; pass a directory path")
+    import tempfile
+
+    try:  # a real probe: os.access says yes to root even where writing fails (e.g. /proc)
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".odenet-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise ValueError(f"--out {path}: cannot write in {parent} ({exc.strerror}); pass a writable directory") from None
+
+
+def _run_robustness(args: argparse.Namespace) -> int:
+    _check_out_dir(args.out)
+    from .jobs._robustness import RobustnessConfig, robustness
+
+    kw = dict(out=args.out, quick=args.quick, models_from=args.models_from, seed=args.seed, device=args.device,
+              quiet=args.quiet, plots=not args.no_plots)
+    if args.runs is not None:
+        kw["runs"] = args.runs
+    if args.epsilons is not None:
+        kw["epsilons"] = tuple(args.epsilons)
+    if args.variants is not None:
+        kw["variants"] = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    robustness(RobustnessConfig(**kw))
     return 0
 
 
@@ -240,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_train(args)
         if args.command == "stability":
             return _run_stability(args)
+        if args.command == "robustness":
+            return _run_robustness(args)
         return _run_compare(args)
     except (ValueError, TypeError, CheckpointError) as exc:
         if os.environ.get("ODENET_DEBUG"):

@@ -4,11 +4,18 @@ training loop, evaluates and writes a report (table, ``results.json``, PNGs).
 - ``compare``: one field as a ResNet, an implicit ResNet and a Neural ODE.
 - ``stability``: the claims of CLAIMS.md A-H measured on the project's own solvers,
   fields and blocks (``odenet stability``).
+- ``robustness``: the three views and their variants under the robustness protocol
+  (FGSM, PGD, transfer, Square, noise; sanity checks; claims C2, C3, H1).
 - ``_claims``: the :class:`Claim` record that stability and robustness results are
   reported as (ID from CLAIMS.md, expected, measured, tolerance, holds).
 """
 
+from ._claims import Claim, claims_table, write_claims_report
 from ._compare import CompareConfig, compare, format_table
 from ._stability import STABILITY_CLAIMS, StabilityConfig, stability
 
-__all__ = ["CompareConfig", "compare", "format_table", "StabilityConfig", "stability", "STABILITY_CLAIMS"]
+from ._robustness import PROTOCOL_EPSILONS, VARIANTS, RobustnessConfig, robustness
+
+__all__ = ["CompareConfig", "compare", "format_table", "Claim", "claims_table", "write_claims_report",
+           "RobustnessConfig", "robustness", "VARIANTS", "PROTOCOL_EPSILONS",
+           "StabilityConfig", "stability", "STABILITY_CLAIMS"]
