@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train one model view",
         description="Train one view of the shared field architecture. resnet = Euler with "
                     "fixed steps; implicit = backward Euler with a root finder; node = "
-                    "dopri5 with the adjoint. Runs under torchrun --nproc_per_node=N with "
+                    "dopri5 with the checkpointed adjoint. Runs under torchrun --nproc_per_node=N with "
                     "DistributedDataParallel.")
     tr.add_argument("--model", default="resnet", choices=_VIEWS, help="model view (default resnet)")
     _common(tr)
@@ -135,15 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=_positive_int, help="number of fixed steps over [0, t1]")
     g.add_argument("--rtol", type=_positive_float, help="relative tolerance (adaptive methods)")
     g.add_argument("--atol", type=_positive_float, help="absolute tolerance (adaptive methods)")
-    g.add_argument("--gradient", choices=("direct", "adjoint", "checkpoint"),
-                   help="how gradients are computed")
+    g.add_argument("--gradient", choices=("direct", "adjoint", "checkpoint", "checkpointed_adjoint"),
+                   help="how gradients are computed (the node view's default: checkpointed_adjoint)")
     g.add_argument("--root-finder", choices=("fixed_point", "anderson", "newton", "newton_krylov"),
                    help="root finder of implicit methods")
 
     cp = sub.add_parser(
         "compare", help="train the three views from one initialisation and compare them",
         description="Train the explicit ResNet (Euler), the implicit ResNet (backward Euler) "
-                    "and the Neural ODE (dopri5 + adjoint) from the same initial weights; "
+                    "and the Neural ODE (dopri5 + checkpointed adjoint) from the same initial weights; "
                     "print one table (accuracy, time, function evaluations, memory, FGSM, "
                     "cross-solver accuracy) and write results.json and PNGs into --out.")
     _common(cp)

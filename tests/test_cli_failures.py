@@ -259,3 +259,16 @@ def test_grid_constructor_gets_the_well_posedness_check():
                     options={"grid_constructor": lambda f, y, t: torch.linspace(0, 1, 5, dtype=t.dtype)})
     ref = ODEBlock(field, method="implicit_euler", steps=4)
     assert torch.allclose(fine(x), ref(x), atol=1e-6)
+
+
+def test_compare_writes_the_nfe_per_epoch_curve(tmp_path):
+    report = _compare.compare(data="circles", models=("resnet", "node"), solvers=("resnet",), epochs=2,
+                              width=8, limit_train=64, limit_test=32, device="cpu", quiet=True,
+                              epsilons=(0.0,), out=str(tmp_path / "p"))
+    png = tmp_path / "p" / "nfe_per_epoch.png"
+    assert str(png) in report["plots"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["models"]["node"]["solver"]["gradient"] == "checkpointed_adjoint"
+    assert "+ckpt-adj" in report["table"]
+    # the node view's backward work is counted (evaluations + VJPs of the checkpointed adjoint)
+    assert all(r["vjp_backward"] > 0 for r in report["models"]["node"]["history"])

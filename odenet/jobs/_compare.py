@@ -4,7 +4,7 @@ With the defaults, :func:`compare` loads the digits, builds one image classifier
 architecture, draws one initialisation, and trains three copies of it from those
 same weights with the same data order: as an explicit ResNet (Euler, 4 steps), an
 implicit ResNet (backward Euler, 4 steps, Newton–Krylov root finder) and a Neural ODE
-(dopri5 with the continuous adjoint). For every trained model it measures test
+(dopri5 with the checkpointed continuous adjoint). For every trained model it measures test
 accuracy, training time, forward and backward function evaluations per batch,
 peak memory of one training step, accuracy under FGSM attacks, and accuracy when
 evaluated under each of the other solvers; it prints one table and writes
@@ -335,12 +335,15 @@ def compare(config: CompareConfig | None = None, **kwargs: Any) -> dict:
     }
     out.mkdir(parents=True, exist_ok=True)
     if config.plots and results:
-        from ._plots import plot_accuracy_vs_epsilon, plot_cross_solver, plot_training_curves
+        from ._plots import (plot_accuracy_vs_epsilon, plot_cross_solver, plot_nfe_per_epoch,
+                             plot_training_curves)
 
         report["plots"] = [
             str(plot_training_curves({v: r["history"] for v, r in results.items()},
                                      out / "training_curves.png",
                                      title=f"{data.name}: one field, three solvers")),
+            str(plot_nfe_per_epoch({v: r["history"] for v, r in results.items()},
+                                   out / "nfe_per_epoch.png")),
             str(plot_accuracy_vs_epsilon(
                 {v: {float(e): a for e, a in r["fgsm"].items()} for v, r in results.items()},
                 out / "accuracy_vs_epsilon.png")),
@@ -370,8 +373,8 @@ def format_table(report: dict) -> str:
     rows = []
     for view, r in models.items():
         s = r["solver"]
-        solver = s["method"] + (f"/{s['steps']}" if s.get("steps") else "") + (
-            "+adj" if s.get("gradient") == "adjoint" else "")
+        solver = s["method"] + (f"/{s['steps']}" if s.get("steps") else "") + {
+            "adjoint": "+adj", "checkpointed_adjoint": "+ckpt-adj", "checkpoint": "+ckpt"}.get(s.get("gradient"), "")
         rows.append([view, solver, _pct(r["test_accuracy"]), f"{r['train_time_s']:.1f}",
                      f"{r['nfe_forward_per_batch']:.1f}", f"{r['nfe_backward_per_batch']:.1f}",
                      f"{r['vjp_backward_per_batch']:.1f}", f"{r['peak_memory_mib']:.2f}"]

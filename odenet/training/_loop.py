@@ -2,7 +2,7 @@
 
 One vector field, three *views* of it (:data:`VIEWS`): an explicit ResNet (Euler
 with fixed steps), an implicit ResNet (backward Euler solved by a root finder) and
-a continuous Neural ODE (adaptive dopri5 trained with the adjoint). :func:`train`
+a continuous Neural ODE (adaptive dopri5 trained with the checkpointed adjoint). :func:`train`
 builds a model for a view and trains it; :func:`fit` trains any classifier.
 
 Runs are deterministic: every random source is seeded, the per-epoch shuffle is
