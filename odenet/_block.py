@@ -46,6 +46,14 @@ def _parametrized(module: nn.Module) -> List[tuple]:
             for name in m.parametrizations.keys()]
 
 
+def _implicit_gamma(cls) -> Optional[float]:
+    """The largest diagonal coefficient of an implicit method's tableau (None without one)."""
+    tab = getattr(cls, "tableau", None)
+    if tab is None:
+        return None
+    return float(max(tab.a[i][i] for i in range(tab.stages)))
+
+
 def _sum_stats(parts: List[solvers.Stats]) -> solvers.Stats:
     """Add up the counters of several solves (``max_root_iters`` takes the maximum)."""
     total = solvers.Stats()
@@ -149,7 +157,22 @@ class ODEBlock(nn.Module):
             raise ValueError(f"ODEBlock t1={cfg['t1']} must equal the LayerwiseField's t1={self.field.t1}")
         if cls.implicit and not cls.adaptive:
             self._check_well_posed(cls, cfg, steps, opts)
+        self._check_options(cfg, cls)
         return cfg
+
+    @staticmethod
+    def _check_options(cfg: Dict[str, Any], cls) -> None:
+        """Validate ``options`` now (unknown keys, bad values) instead of at the first forward.
+
+        A solve with a single output time builds the whole configuration (loop options, the
+        method's own options such as ``root_finder``) and takes no step.
+        """
+        opts = dict(cfg["options"] or {})
+        if not cls.adaptive and cfg["steps"] is not None:
+            opts["step_size"] = cfg["t1"] / cfg["steps"]
+        solvers.solve(lambda t, y: y, torch.zeros(1, dtype=torch.float64),
+                      torch.zeros(1, dtype=torch.float64), method=cfg["method"], rtol=cfg["rtol"],
+                      atol=cfg["atol"], options=opts)
 
     def _check_well_posed(self, cls, cfg: Dict[str, Any], steps: Optional[int], opts: Dict[str, Any]) -> None:
         """Refuse implicit fixed steps that a field's one-sided Lipschitz bound says may be ill posed.
@@ -158,22 +181,18 @@ class ODEBlock(nn.Module):
         makes every implicit stage ``x = c + gamma h f(x)`` uniquely solvable when
         ``gamma h nu < 1``; beyond it the stage may have no or several solutions.
         """
-        fields = list(self.field.blocks) if isinstance(self.field, LayerwiseField) else [self.field]
-        bounds = [getattr(f, "one_sided_lipschitz", None) for f in fields]
-        bounds = [float(b) for b in bounds if isinstance(b, (int, float)) and not isinstance(b, bool)]
-        nu = max(bounds, default=0.0)
+        nu = self._field_bound()
         if nu <= 0:
             return
         if steps is not None:
             h = cfg["t1"] / steps
         elif isinstance(opts.get("step_size"), (int, float)):
             h = float(opts["step_size"])
-        else:  # a grid_constructor: its steps are not known here
+        else:  # a grid_constructor: its steps are known only at the solve (see _checked_grid)
             return
-        tab = getattr(cls, "tableau", None)
-        if tab is None:
+        gamma = _implicit_gamma(cls)
+        if gamma is None:
             return
-        gamma = float(max(tab.a[i][i] for i in range(tab.stages)))
         if gamma * h * nu >= 1:
             need = math.floor(gamma * cfg["t1"] * nu) + 1
             raise ValueError(
@@ -197,7 +216,12 @@ class ODEBlock(nn.Module):
 
     @contextlib.contextmanager
     def using(self, **kw) -> Iterator["ODEBlock"]:
-        """Context manager: :meth:`configure` with ``kw`` inside, restore on exit."""
+        """Context manager: :meth:`configure` with ``kw`` inside, restore on exit.
+
+        On exit the block gets back the *whole* configuration it had when the ``with``
+        began: a :meth:`configure` call inside the ``with`` lasts only until its end. To
+        change the configuration for good, call :meth:`configure` outside any ``using``.
+        """
         saved = dict(self._cfg)
         self.configure(**kw)
         try:
@@ -261,11 +285,39 @@ class ODEBlock(nn.Module):
                 and "grid_constructor" not in opts and cfg["steps"] % len(self.field) == 0
                 and max(cls.stage_c) < 1.0)
 
+    def _field_bound(self) -> float:
+        """The largest one-sided Lipschitz bound the field (or its blocks) declares, else 0."""
+        fields = list(self.field.blocks) if isinstance(self.field, LayerwiseField) else [self.field]
+        bounds = [getattr(f, "one_sided_lipschitz", None) for f in fields]
+        return max([float(b) for b in bounds if isinstance(b, (int, float)) and not isinstance(b, bool)],
+                   default=0.0)
+
+    def _checked_grid(self, gc, cls):
+        """Wrap a ``grid_constructor`` so an implicit method's grid gets the well-posedness check."""
+        nu, gamma, method = self._field_bound(), _implicit_gamma(cls), self._cfg["method"]
+        if nu <= 0 or gamma is None:
+            return gc
+
+        def grid(func, y0, t):
+            g = gc(func, y0, t)
+            h = float(torch.as_tensor(g).detach().diff().abs().max()) if len(g) > 1 else 0.0
+            if gamma * h * nu >= 1:
+                raise ValueError(
+                    f"method {method!r}: the grid_constructor's largest step {h:g} is not guaranteed "
+                    f"well posed on this field: its one-sided Lipschitz bound is {nu:g} and the implicit "
+                    f"stages need gamma*h*bound < 1 (gamma={gamma:g}, got {gamma * h * nu:g}); use steps "
+                    f"shorter than {1 / (gamma * nu):g} or a field with a smaller `expansion`")
+            return g
+
+        return grid
+
     def _solve(self, func, module: nn.Module, x, a: float, b: float, cls):
         cfg = self._cfg
         opts = dict(cfg["options"]) if cfg["options"] else {}
         if not cls.adaptive and cfg["steps"] is not None:
             opts["step_size"] = cfg["t1"] / cfg["steps"]
+        if cls.implicit and opts.get("grid_constructor") is not None:
+            opts["grid_constructor"] = self._checked_grid(opts["grid_constructor"], cls)
         params = [p for p in module.parameters() if p.requires_grad] if cfg["gradient"] != "direct" else None
         # The block reads only the final state, so it checks that one itself (see _check_finite)
         # instead of letting the solver stack and scan every output.

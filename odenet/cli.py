@@ -69,6 +69,15 @@ def _float_list(text: str) -> list[float]:
     return values
 
 
+def _epsilon_list(text: str) -> list[float]:
+    values = _float_list(text)
+    if any(v > 1 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"FGSM sizes are fractions of the input range, so each must lie in [0, 1]; got {text!r} "
+            "(e.g. 0,0.02,0.05,0.1)")
+    return values
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits", choices=_DATASETS,
                    help="dataset (default: digits, scikit-learn's bundled 8x8 images)")
@@ -107,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train one model view",
         description="Train one view of the shared field architecture. resnet = Euler with "
                     "fixed steps; implicit = backward Euler with a root finder; node = "
-                    "dopri5 with the adjoint. Runs under torchrun --nproc_per_node=N with "
+                    "dopri5 with the checkpointed adjoint. Runs under torchrun --nproc_per_node=N with "
                     "DistributedDataParallel.")
     tr.add_argument("--model", default="resnet", choices=_VIEWS, help="model view (default resnet)")
     _common(tr)
@@ -126,26 +135,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=_positive_int, help="number of fixed steps over [0, t1]")
     g.add_argument("--rtol", type=_positive_float, help="relative tolerance (adaptive methods)")
     g.add_argument("--atol", type=_positive_float, help="absolute tolerance (adaptive methods)")
-    g.add_argument("--gradient", choices=("direct", "adjoint", "checkpoint"),
-                   help="how gradients are computed")
+    g.add_argument("--gradient", choices=("direct", "adjoint", "checkpoint", "checkpointed_adjoint"),
+                   help="how gradients are computed (the node view's default: checkpointed_adjoint)")
     g.add_argument("--root-finder", choices=("fixed_point", "anderson", "newton", "newton_krylov"),
                    help="root finder of implicit methods")
 
     cp = sub.add_parser(
         "compare", help="train the three views from one initialisation and compare them",
         description="Train the explicit ResNet (Euler), the implicit ResNet (backward Euler) "
-                    "and the Neural ODE (dopri5 + adjoint) from the same initial weights; "
+                    "and the Neural ODE (dopri5 + checkpointed adjoint) from the same initial weights; "
                     "print one table (accuracy, time, function evaluations, memory, FGSM, "
                     "cross-solver accuracy) and write results.json and PNGs into --out.")
     _common(cp)
-    cp.set_defaults(epochs=None, device="cpu", width=16)
+    cp.set_defaults(epochs=None, width=16)
     cp.add_argument("--models", type=_name_list(_VIEWS), default=list(_VIEWS),
                     help="comma-separated views to train (default resnet,implicit,node)")
     cp.add_argument("--solvers", type=_name_list(_VIEWS), default=None,
                     help="comma-separated views every model is also evaluated under (default all)")
-    cp.add_argument("--epsilons", type=_float_list, default=None,
+    cp.add_argument("--epsilons", type=_epsilon_list, default=None,
                     help="FGSM sizes as fractions of the input range (default 0,0.02,0.05,0.1)")
     cp.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
+    cp.add_argument("--resume", action="store_true",
+                    help="continue an interrupted compare in OUT: every view resumes from its own "
+                         "OUT/VIEW/checkpoint.pt (a finished view is only re-measured)")
     cp.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     cp.add_argument("--strict", action="store_true",
                     help="exit with status 1 when a view's training fails numerically (default: "
@@ -243,6 +255,10 @@ def _run_robustness(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from .training._run import TrainConfig, train
 
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other (--resume continues the run "
+                         "in --out, --overwrite discards it); pass one of them")
+
     cfg = TrainConfig(model=args.model, data=args.data, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       seed=args.seed, width=args.width, augment=args.augment, spectral_norm=args.spectral_norm,
@@ -270,7 +286,7 @@ def _run_compare(args: argparse.Namespace) -> int:
               lr=args.lr, seed=args.seed, width=args.width, limit_train=args.limit_train,
               limit_test=args.limit_test, device=args.device, out=args.out, quiet=args.quiet,
               plots=not args.no_plots, spectral_norm=args.spectral_norm, field=args.field,
-              expansion=args.expansion)
+              expansion=args.expansion, resume=args.resume)
     if args.epochs is not None:
         kw["epochs"] = args.epochs
     if args.epsilons is not None:

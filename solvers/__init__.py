@@ -7,6 +7,8 @@ Two doors onto one engine: :func:`odeint` (torchdiffeq-compatible) and :func:`so
 from ._api import GRADIENT_MODES, odeint, register_gradient_mode, solve
 from ._adjoint import odeint_adjoint
 from . import _checkpoint  # noqa: F401  (registers gradient="checkpoint")
+from . import _adjoint_checkpointed  # noqa: F401  (registers gradient="checkpointed_adjoint")
+from ._adjoint_rebuild import DEFAULT_REBUILD_TOL
 from ._base import AbstractAdaptiveSolver, AbstractImplicitSolver, AbstractSolver, StepResult
 from ._controller import AbstractController, IController, PIController
 from ._explicit import AbstractAdaptiveExplicitRK, AbstractExplicitRK
@@ -14,6 +16,7 @@ from ._registry import METHODS, get_method, register_method
 from ._solution import (
     MaxStepsError,
     NonFiniteStateError,
+    AdjointRebuildError,
     RootFinderError,
     Solution,
     SolverError,
@@ -58,6 +61,8 @@ __all__ = [
     "StepSizeUnderflowError",
     "MaxStepsError",
     "RootFinderError",
+    "AdjointRebuildError",
+    "DEFAULT_REBUILD_TOL",
     "AbstractRootFinder",
     "FixedPoint",
     "Anderson",

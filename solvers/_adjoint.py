@@ -27,10 +27,11 @@ from ._base import AbstractSolver
 from ._integrate import Outcome, rms_norm
 from ._problem import split_state
 from ._solution import exception_for
+from ._adjoint_rebuild import check_rebuilt
 
 __all__ = ["odeint_adjoint"]
 
-_ADJOINT_KEYS = {"rtol", "atol", "method", "options"}
+_ADJOINT_KEYS = {"rtol", "atol", "method", "options", "rebuild_tol"}
 
 
 def resolve_params(prob: Problem) -> tuple:
@@ -243,6 +244,8 @@ def _backward(bw: _Backward, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: tor
                     raise exception_for(out.status)(msg, t=t_fail)
                 zend = out.ys[-1]
                 parts = split_state(zend, bprob.shapes)
+                # the rebuilt state against the stored one: raises AdjointRebuildError beyond the bound
+                check_rebuilt(parts[0], ys[i - 1], bw.rtol, bw.atol, stats, prob.gradient_options.get("rebuild_tol"), float(t_user[i - 1]))
                 a = parts[1] + grad_ys[i - 1]
                 a_p = list(parts[2:])
         if need_t:
@@ -296,6 +299,7 @@ def odeint_adjoint(
     adjoint_method: Optional[str] = None,
     adjoint_options: Optional[dict] = None,
     adjoint_params=None,
+    adjoint_mode: str = "rebuild",
 ):
     """``odeint`` whose gradients come from the continuous adjoint (O(1) memory in steps).
 
@@ -320,6 +324,12 @@ def odeint_adjoint(
     adjoint_params : sequence of Tensor, optional
         Tensors that ``func`` uses and that need gradients; each must require grad.
         Default: ``func.parameters()`` (those requiring grad) for an ``nn.Module``.
+    adjoint_mode : {"rebuild", "checkpointed"}
+        ``"rebuild"`` (torchdiffeq's adjoint): the state is re-solved backwards, O(1) memory;
+        its mismatch with the stored output states is checked (``AdjointRebuildError``).
+        ``"checkpointed"``: the forward states at accepted steps are stored (O(steps)
+        memory) and each backward step restarts from one, which stays accurate on
+        dissipative fields where the rebuilt state is wrong (``gradient="checkpointed_adjoint"``).
 
     Returns
     -------
@@ -342,9 +352,12 @@ def odeint_adjoint(
             adjoint_params = tuple(adjoint_params)
         except TypeError:
             raise TypeError(f"`adjoint_params` must be a sequence of tensors, got {type(adjoint_params).__name__}") from None
+    modes = {"rebuild": "adjoint", "checkpointed": "checkpointed_adjoint"}
+    if adjoint_mode not in modes:
+        raise ValueError(f"`adjoint_mode` must be 'rebuild' or 'checkpointed', got {adjoint_mode!r}")
     gopts = {"rtol": adjoint_rtol, "atol": adjoint_atol, "method": adjoint_method, "options": adjoint_options}
     sol = solve(
         func, y0, t, method="dopri5" if method is None else method, rtol=rtol, atol=atol, options=options,
-        gradient="adjoint", params=adjoint_params, gradient_options={k: v for k, v in gopts.items() if v is not None},
+        gradient=modes[adjoint_mode], params=adjoint_params, gradient_options={k: v for k, v in gopts.items() if v is not None},
     )
     return sol.ys

@@ -17,6 +17,7 @@ __all__ = [
     "StepSizeUnderflowError",
     "MaxStepsError",
     "RootFinderError",
+    "AdjointRebuildError",
 ]
 
 
@@ -36,6 +37,12 @@ class Status(enum.Enum):
     ROOT_FINDER = (
         "The nonlinear solve of an implicit step did not converge. Try root_finder='newton', a smaller "
         "`step_size`, or more `max_iters`."
+    )
+    ADJOINT_REBUILD = (
+        "The continuous adjoint rebuilt the forward state backwards in time with a large error, so "
+        "its gradient cannot be trusted: reverse-time integration of a dissipative field amplifies "
+        "every error. Use gradient='checkpointed_adjoint' (restarts from stored forward states), "
+        "'direct' or 'checkpoint'; tighter tolerances rarely help."
     )
 
     @property
@@ -71,6 +78,9 @@ class Stats:
     sample_f_evals: Optional[torch.Tensor] = None
     sample_accepted: Optional[torch.Tensor] = None
     sample_rejected: Optional[torch.Tensor] = None
+    #: Largest mismatch between a state the adjoint rebuilt backwards and the stored forward
+    #: state, in units of ``atol + rtol |y|`` (continuous adjoints only; 0 otherwise).
+    adjoint_rebuild_error: float = 0.0
 
     @property
     def mean_root_iters(self) -> float:
@@ -144,11 +154,22 @@ class RootFinderError(SolverError):
     status = Status.ROOT_FINDER
 
 
+class AdjointRebuildError(SolverError):
+    """The continuous adjoint's rebuilt state disagrees with the stored forward state.
+
+    Raised by the backward pass of ``gradient="adjoint"`` when
+    ``Stats.adjoint_rebuild_error`` exceeds the ``rebuild_tol`` gradient option.
+    """
+
+    status = Status.ADJOINT_REBUILD
+
+
 _EXCEPTIONS = {
     Status.NON_FINITE: NonFiniteStateError,
     Status.STEP_SIZE_UNDERFLOW: StepSizeUnderflowError,
     Status.MAX_STEPS: MaxStepsError,
     Status.ROOT_FINDER: RootFinderError,
+    Status.ADJOINT_REBUILD: AdjointRebuildError,
 }
 
 

@@ -1,6 +1,8 @@
 """The continuous adjoint: odeint_adjoint and solve(gradient="adjoint")."""
 
 import numpy as np
+import math
+
 import pytest
 import scipy.linalg
 import torch
@@ -233,7 +235,11 @@ def _stiff_adjoint_grads(h, method="implicit_euler", root_finder="newton"):
     y0 = torch.tensor([1.0, 2.0], requires_grad=True)
     g = torch.tensor([0.7, -0.4])
     opts = dict(step_size=h, root_finder=root_finder)
-    sol = solvers.solve(lambda tt, y: A @ y, y0, torch.tensor([0.0, 1.0]), method=method, options=opts, gradient="adjoint", params=(A,))
+    # Backward Euler run backwards damps the stiff mode again instead of undoing its decay, so
+    # the rebuilt y(0) is far from the stored one (the rebuilt-state check reports it; the
+    # adjoint itself is stable here): record the mismatch, do not raise
+    sol = solvers.solve(lambda tt, y: A @ y, y0, torch.tensor([0.0, 1.0]), method=method, options=opts, gradient="adjoint", params=(A,),
+                        gradient_options={"rebuild_tol": math.inf})
     got = torch.autograd.grad((sol.ys[-1] * g).sum(), [y0, A])
     # exact continuous gradients: L = g^T expm(A) y0
     A1 = A0.clone().requires_grad_(True)

@@ -4,7 +4,7 @@ With the defaults, :func:`compare` loads the digits, builds one image classifier
 architecture, draws one initialisation, and trains three copies of it from those
 same weights with the same data order: as an explicit ResNet (Euler, 4 steps), an
 implicit ResNet (backward Euler, 4 steps, Newton–Krylov root finder) and a Neural ODE
-(dopri5 with the continuous adjoint). For every trained model it measures test
+(dopri5 with the checkpointed continuous adjoint). For every trained model it measures test
 accuracy, training time, forward and backward function evaluations per batch,
 peak memory of one training step, accuracy under FGSM attacks, and accuracy when
 evaluated under each of the other solvers; it prints one table and writes
@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data._classification import DATASETS, DataBundle, load_dataset
-from .._io import write_json
+from .._io import check_out_dir, write_json
 from ..robustness._attacks import accuracy_vs_epsilon
 from ..training._views import SOLVER_KEYS, VIEWS, build_view_model, field_arch, solver_config_for
-from ..training._loop import TrainingError, fit
+from ..training._loop import CHECKPOINT_NAME, TrainingError, fit
 from ..training._tasks import evaluate
 from ..training._runtime import resolve_device, set_seed
 
@@ -59,9 +59,14 @@ class CompareConfig:
     epsilons : sequence of float
         FGSM sizes, as fractions of the input range.
     device : str
-        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        ``"cpu"``, ``"cuda"`` or ``"auto"`` (default: CUDA where available).
     out : str
-        Output directory for ``results.json``, the PNGs and per-model runs.
+        Output directory for ``results.json``, the PNGs and per-model runs (``out/<view>``).
+    resume : bool
+        Continue an interrupted job: each view resumes from its own ``out/<view>/checkpoint.pt``
+        (a view whose checkpoint has all epochs is not trained again, only measured); a view
+        without a checkpoint starts afresh. Default False: every view starts afresh and its
+        earlier run in ``out`` is overwritten.
     quiet : bool
         Print only the final table.
     plots : bool
@@ -92,10 +97,11 @@ class CompareConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     epsilons: Sequence[float] = (0.0, 0.02, 0.05, 0.1)
-    device: str = "cpu"
+    device: str = "auto"
     out: str = "runs/compare"
     quiet: bool = False
     plots: bool = True
+    resume: bool = False
 
     def validate(self) -> None:
         for arg in ("models", "solvers"):
@@ -113,6 +119,12 @@ class CompareConfig:
             raise ValueError(f"unknown dataset {self.data!r}; choose one of {', '.join(DATASETS)}")
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+        eps = list(self.epsilons)
+        if not eps or any(isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e <= 1
+                          for e in eps):
+            raise ValueError(f"epsilons must be FGSM sizes in [0, 1] (fractions of the input range), "
+                             f"got {eps!r}")
+        check_out_dir(self.out)
         field_arch(self.field, self.expansion)
 
 
@@ -205,10 +217,9 @@ def _cross_eval(model: nn.Module, data: DataBundle, own: dict, solvers_: Sequenc
     """
     accs, errors = {}, {}
     # A field trained for one solver may defeat another (a root finder that does not converge,
-    # a step size that underflows): the failure is reported in the table, not fatal. Other
-    # RuntimeErrors raised inside a solve (e.g. a singular linear system in a root finder) are
-    # reported the same way, with their type, rather than discarding the trained models.
-    errs = _solver_error_types() + (RuntimeError,)
+    # a step size that underflows): that numerical failure is reported in the table, not fatal.
+    # Anything else (out of memory, a bug) propagates.
+    errs = _solver_error_types()
     try:
         for s in solvers_:
             if known and s in known:
@@ -269,11 +280,12 @@ def compare(config: CompareConfig | None = None, **kwargs: Any) -> dict:
             raise RuntimeError(f"model for {view!r} has architecture {arch}, expected {base_arch}")
         model.load_state_dict(init_state)
         own = solver_config_for(view)
+        resume = bool(config.resume) and (out / view / CHECKPOINT_NAME).is_file()
         try:
             fit_res = fit(model, data, epochs=config.epochs, batch_size=config.batch_size,
                           lr=config.lr, seed=config.seed, device=str(device), out=out / view,
-                          overwrite=True, quiet=config.quiet, label=view)
-        except (TrainingError, RuntimeError) as exc:  # solvers.SolverError is a RuntimeError
+                          resume=resume, overwrite=not resume, quiet=config.quiet, label=view)
+        except (TrainingError, *_solver_error_types()) as exc:
             # one view failing numerically (e.g. its implicit solve stops converging as the
             # field grows) must not discard the others: record it, report it, go on
             failed[view] = f"{type(exc).__name__}: {exc}"
@@ -323,12 +335,15 @@ def compare(config: CompareConfig | None = None, **kwargs: Any) -> dict:
     }
     out.mkdir(parents=True, exist_ok=True)
     if config.plots and results:
-        from ._plots import plot_accuracy_vs_epsilon, plot_cross_solver, plot_training_curves
+        from ._plots import (plot_accuracy_vs_epsilon, plot_cross_solver, plot_nfe_per_epoch,
+                             plot_training_curves)
 
         report["plots"] = [
             str(plot_training_curves({v: r["history"] for v, r in results.items()},
                                      out / "training_curves.png",
                                      title=f"{data.name}: one field, three solvers")),
+            str(plot_nfe_per_epoch({v: r["history"] for v, r in results.items()},
+                                   out / "nfe_per_epoch.png")),
             str(plot_accuracy_vs_epsilon(
                 {v: {float(e): a for e, a in r["fgsm"].items()} for v, r in results.items()},
                 out / "accuracy_vs_epsilon.png")),
@@ -358,8 +373,8 @@ def format_table(report: dict) -> str:
     rows = []
     for view, r in models.items():
         s = r["solver"]
-        solver = s["method"] + (f"/{s['steps']}" if s.get("steps") else "") + (
-            "+adj" if s.get("gradient") == "adjoint" else "")
+        solver = s["method"] + (f"/{s['steps']}" if s.get("steps") else "") + {
+            "adjoint": "+adj", "checkpointed_adjoint": "+ckpt-adj", "checkpoint": "+ckpt"}.get(s.get("gradient"), "")
         rows.append([view, solver, _pct(r["test_accuracy"]), f"{r['train_time_s']:.1f}",
                      f"{r['nfe_forward_per_batch']:.1f}", f"{r['nfe_backward_per_batch']:.1f}",
                      f"{r['vjp_backward_per_batch']:.1f}", f"{r['peak_memory_mib']:.2f}"]

@@ -2,7 +2,7 @@
 
 One vector field, three *views* of it (:data:`VIEWS`): an explicit ResNet (Euler
 with fixed steps), an implicit ResNet (backward Euler solved by a root finder) and
-a continuous Neural ODE (adaptive dopri5 trained with the adjoint). :func:`train`
+a continuous Neural ODE (adaptive dopri5 trained with the checkpointed adjoint). :func:`train`
 builds a model for a view and trains it; :func:`fit` trains any classifier.
 
 Runs are deterministic: every random source is seeded, the per-epoch shuffle is
@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from ..data._classification import DataBundle
-from .._io import (CHECKPOINT_FORMAT, CheckpointError, check_config_match, load_checkpoint,
-                  save_checkpoint, write_csv, write_json)
+from .._io import (CHECKPOINT_FORMAT, CheckpointError, check_config_match, check_out_dir,
+                  check_resume_fields, load_checkpoint, save_checkpoint, write_csv, write_json)
 from ._runtime import TrainingError, get_rng_state, resolve_device, set_rng_state, set_seed
 from ._distributed import _setup_distributed, _epoch_indices
 from ._tasks import AbstractTask, _unwrap, as_task
@@ -151,8 +151,9 @@ def fit(model: nn.Module, data: DataBundle | AbstractTask, *, epochs: int, batch
     Raises
     ------
     ValueError, TypeError
-        Bad arguments, an ``out`` directory holding an earlier run (without
-        ``resume``/``overwrite``).
+        Bad arguments (checked before any training): ``resume`` together with
+        ``overwrite``; an ``out`` that is empty, a file, under a file or not writable;
+        an ``out`` directory holding an earlier run (without ``resume``/``overwrite``).
     CheckpointError
         ``resume`` with a missing, corrupt or mismatched checkpoint.
     TrainingError
@@ -171,7 +172,10 @@ def fit(model: nn.Module, data: DataBundle | AbstractTask, *, epochs: int, batch
     run_cfg = dict(run_config) if run_config is not None else dict(
         task.run_config(), seed=seed, batch_size=batch_size, lr=float(lr),
         weight_decay=float(weight_decay))
-    out_dir = Path(out) if out is not None else None
+    if resume and overwrite:
+        raise ValueError("resume=True and overwrite=True contradict each other (--resume continues "
+                         "the run in OUT, --overwrite discards it); pass one of them")
+    out_dir = check_out_dir(out)  # before any training: a bad --out fails now, not after an epoch
     ckpt_path = out_dir / CHECKPOINT_NAME if out_dir is not None else None
     if resume and ckpt_path is None:
         raise ValueError("resume=True needs an out directory holding checkpoint.pt")
@@ -313,6 +317,11 @@ def _write_outputs(out_dir: Path, module, optimizer, metrics, run_cfg, task: Abs
 def _restore(path: Path, module: nn.Module, optimizer, run_cfg: Mapping,
              device: torch.device) -> tuple[int, list]:
     ckpt = load_checkpoint(path, map_location=device)
+    missing = [k for k in ("rng", "metrics") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}, which resuming needs; "
+                              "it was not written by odenet.train")
+    check_resume_fields(ckpt, path)
     kind, cfg = _model_identity(module)
     if ckpt["model_kind"] != kind:
         raise CheckpointError(f"checkpoint {path} holds a {ckpt['model_kind']}, the model is a {kind}")
@@ -331,6 +340,5 @@ def _restore(path: Path, module: nn.Module, optimizer, run_cfg: Mapping,
             optimizer.load_state_dict(ckpt["optimizer_state"])
         except (ValueError, KeyError) as exc:
             raise CheckpointError(f"checkpoint {path}: optimiser state does not fit: {exc}") from exc
-    if "rng" in ckpt:
-        set_rng_state(ckpt["rng"])
-    return int(ckpt["epoch"]), list(ckpt.get("metrics", []))
+    set_rng_state(ckpt["rng"])
+    return int(ckpt["epoch"]), list(ckpt["metrics"])

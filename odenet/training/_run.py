@@ -21,7 +21,7 @@ class TrainConfig:
     """Settings of :func:`train` (and of ``odenet train``).
 
     ``model`` is the view: ``"resnet"`` (Euler, fixed steps), ``"implicit"``
-    (backward Euler with a root finder) or ``"node"`` (dopri5, adjoint). The
+    (backward Euler with a root finder) or ``"node"`` (dopri5, checkpointed adjoint). The
     ``method``/``steps``/``rtol``/``atol``/``gradient``/``root_finder`` fields
     override that view's solver settings when not ``None``. ``field`` (``"parabolic"``,
     the default, or ``"unconstrained"``) and ``expansion`` choose the vector field.

@@ -17,7 +17,10 @@ VIEWS: dict[str, dict[str, Any]] = {
                    options=None),
     "implicit": dict(method="implicit_euler", steps=4, rtol=1e-3, atol=1e-4, gradient="direct",
                      options={"root_finder": "newton_krylov", "root_rtol": 1e-3, "root_atol": 1e-4}),
-    "node": dict(method="dopri5", steps=None, rtol=1e-3, atol=1e-4, gradient="adjoint",
+    # the checkpointed adjoint, not the plain one: a trained parabolic field is strongly
+    # dissipative and the plain adjoint's backwards-rebuilt state (and gradient) goes wrong
+    # (it now says so: solvers.AdjointRebuildError); see docs/gradients.md
+    "node": dict(method="dopri5", steps=None, rtol=1e-3, atol=1e-4, gradient="checkpointed_adjoint",
                  options=None),
 }
 
