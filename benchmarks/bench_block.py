@@ -8,11 +8,12 @@ What it compares (all in ONE process, timings interleaved so machine load hits b
    small conv ResNet (32 channels, 8x8, batch 64, L=4). Goal: ratio <= 1.05.
 2. Per training batch (forward+backward) cost of the three views of the digits
    ImageClassifier: explicit ResNet (Euler, 4 steps), implicit ResNet (backward Euler,
-   4 steps, Anderson) and Neural ODE (dopri5, adjoint), with function evaluations.
+   4 steps, the view's root finder) and Neural ODE (dopri5, adjoint), with function evaluations.
 3. Each view trained briefly, then evaluated (forward, batch 256) under every view's
    solver: seconds per batch, forward function evaluations and test accuracy.
 
-Run ``python -m benchmarks.bench_block`` (``--quick`` for a short run). Writes
+Run ``python -m benchmarks.bench_block`` (``--quick`` for a short run, ``--device cuda`` to
+measure on a GPU; default ``--device cpu``). Writes
 ``benchmarks/results/block.md`` and ``benchmarks/results/block.png``.
 """
 
@@ -51,7 +52,12 @@ def _interleaved(fns: dict, repeats: int, inner: int, desc: str) -> dict:
     return {k: (statistics.median(v), min(v)) for k, v in samples.items()}
 
 
-def _resnet_pair(kind: str):
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _resnet_pair(kind: str, device: torch.device):
     torch.manual_seed(0)
     if kind == "mlp":
         L, x = 10, torch.randn(256, 64)
@@ -60,7 +66,8 @@ def _resnet_pair(kind: str):
         L, x = 4, torch.randn(64, 32, 8, 8)
         blocks = [nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.Tanh(), nn.Conv2d(32, 32, 3, padding=1))
                   for _ in range(L)]
-    block = odenet.ODEBlock(odenet.LayerwiseField(blocks, t1=L), method="euler", steps=L)
+    block = odenet.ODEBlock(odenet.LayerwiseField(blocks, t1=L), method="euler", steps=L).to(device)
+    x = x.to(device)
 
     def ref(h):
         for b in blocks:
@@ -70,33 +77,38 @@ def _resnet_pair(kind: str):
     return block, ref, x
 
 
-def bench_overhead(repeats: int) -> tuple:
+def bench_overhead(repeats: int, device: torch.device) -> tuple:
     rows, solve_rows = [], []
     for kind in ("mlp", "conv"):
-        block, ref, x = _resnet_pair(kind)
+        block, ref, x = _resnet_pair(kind, device)
         assert torch.equal(block(x), ref(x))  # the same computation, bit for bit
         xg = x.clone().requires_grad_(True)
 
         def fwd_block():
             with torch.no_grad():
                 block(x)
+            _sync(device)
 
         def fwd_ref():
             with torch.no_grad():
                 ref(x)
+            _sync(device)
 
         def fb_block():
             block(xg).sum().backward()
+            _sync(device)
 
         def fb_ref():
             ref(xg).sum().backward()
+            _sync(device)
 
         func = block.field.as_function()
-        tgrid = torch.tensor([0.0, float(block.field.t1)], dtype=torch.float64)
+        tgrid = torch.tensor([0.0, float(block.field.t1)], dtype=torch.float64, device=device)
 
         def fwd_solve():  # the same solve without the ODEBlock layer: attributes the overhead
             with torch.no_grad():
                 solvers.solve(func, x, tgrid, method="euler", options=dict(step_size=1.0, check_finite=False))
+            _sync(device)
 
         inner = 5 if kind == "mlp" else 2
         r = _interleaved({"block": fwd_block, "ref": fwd_ref, "solve": fwd_solve}, repeats, inner, f"{kind} forward")
@@ -129,33 +141,35 @@ def _label(cfg: dict) -> str:
     return s + f", {cfg['gradient']}"
 
 
-def bench_views(repeats: int, epochs: int, limit_train) -> tuple:
+def bench_views(repeats: int, epochs: int, limit_train, device: torch.device) -> tuple:
     data = odenet.load_dataset("digits", limit_train=limit_train)
     views = _available_views()
     odenet.set_seed(0)
     base = odenet.build_view_model("resnet", data)
     init = copy.deepcopy(base.state_dict())
-    xb, yb = data.x_train[:64], data.y_train[:64]
+    xb, yb = data.x_train[:64].to(device), data.y_train[:64].to(device)
     train_rows, trained = [], {}
     for view in views:
         model = odenet.build_view_model("resnet", data)
         model.load_state_dict(init)
-        model.configure_solver(**_view_cfg(view))
+        model.to(device).configure_solver(**_view_cfg(view))
 
         def step():
             model.zero_grad(set_to_none=True)
             nn.functional.cross_entropy(model(xb), yb).backward()
+            _sync(device)
 
         r = _interleaved({"step": step}, max(3, repeats // 3), 1, f"{view} train step")
         nfe = model.nfe()
         train_rows.append((view, _label(model.ode_blocks()[0].solver_config()), r["step"][0], nfe["forward"],
                            sum(b.last_stats.n_f_evals_backward + b.last_stats.n_vjp_evals for b in model.ode_blocks())))
         try:
-            trained[view] = odenet.fit(model, data, epochs=epochs, batch_size=64, seed=0, device="cpu", quiet=True).model
+            trained[view] = odenet.fit(model, data, epochs=epochs, batch_size=64, seed=0, device=str(device),
+                                       quiet=True).model
         except RuntimeError as exc:  # solvers.SolverError included: say so in the table, go on
             print(f"  training the {view} view failed: {type(exc).__name__}: {str(exc)[:160]}")
     cross = []
-    xe = data.x_test[:256]
+    xe = data.x_test[:256].to(device)
     for view, model in trained.items():
         own = model.ode_blocks()[0].solver_config()
         for other in views:
@@ -169,6 +183,7 @@ def bench_views(repeats: int, epochs: int, limit_train) -> tuple:
             def fwd():
                 with torch.no_grad():
                     model(xe)
+                _sync(device)
 
             r = _interleaved({"fwd": fwd}, max(3, repeats // 3), 1, f"{view} as {other}")
             cross.append((view, other, r["fwd"][0], model.nfe()["forward"], acc, ""))
@@ -198,10 +213,17 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats, one short training epoch per view")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, for stable timings)")
+    p.add_argument("--device", default="cpu", help="torch device to measure on, e.g. cpu or cuda (default cpu)")
     args = p.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        p.error(f"--device: {exc}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
     torch.set_num_threads(args.threads)
     repeats = 15 if args.quick else 60
-    rows, solve_rows = bench_overhead(repeats)
+    rows, solve_rows = bench_overhead(repeats, device)
     print("ODEBlock(LayerwiseField, euler) vs hand-written ResNet (same process, interleaved):")
     for kind, mode, tr, tb, ratio, ratio_min in rows:
         print(f"  {kind:4s} {mode:17s} ref {1e3 * tr:8.3f} ms  block {1e3 * tb:8.3f} ms  "
@@ -209,7 +231,8 @@ def main(argv=None) -> None:
     print("Forward overhead split (ms over the hand-written loop): solvers.solve itself / the ODEBlock layer:")
     for kind, tr, ts, tb in solve_rows:
         print(f"  {kind:4s} solve {1e3 * (ts - tr):+.3f}  ODEBlock layer {1e3 * (tb - ts):+.3f}")
-    train_rows, cross = bench_views(repeats, epochs=1 if args.quick else 3, limit_train=256 if args.quick else None)
+    train_rows, cross = bench_views(repeats, epochs=1 if args.quick else 3, limit_train=256 if args.quick else None,
+                                  device=device)
     print("Per training batch (64 digits, forward+backward) of the three views:")
     for view, label, sec, nf, nb in train_rows:
         print(f"  {view:8s} {label:34s} {1e3 * sec:8.2f} ms  NFE fwd {nf:4d}  bwd (f+vjp) {nb:4d}")
@@ -222,8 +245,9 @@ def main(argv=None) -> None:
         "# bench_block: ODEBlock overhead and the three views",
         "",
         f"Machine: {platform.platform()}, torch {torch.__version__}, {args.threads} thread(s), "
-        f"{os.cpu_count()} cores (shared with other jobs while measured). Command: "
-        f"`python -m benchmarks.bench_block{' --quick' if args.quick else ''}`.",
+        f"{os.cpu_count()} cores (shared with other jobs while measured), device {device}. Command: "
+        f"`python -m benchmarks.bench_block{' --quick' if args.quick else ''}"
+        f"{'' if device.type == 'cpu' else f' --device {args.device}'}`.",
         "",
         "## ODEBlock(LayerwiseField(blocks, t1=L), euler, steps=L) vs `for b in blocks: x = x + b(x)`",
         "",
@@ -242,7 +266,10 @@ def main(argv=None) -> None:
            "| trained as | evaluated as | ms / batch | NFE | test accuracy % |", "|---|---|---|---|---|"]
     md += [f"| {v} | {o} | {1e3 * s:.2f} | {nf} | {100 * a:.1f} |" if not e else f"| {v} | {o} | failed: {e} | - | - |"
            for v, o, s, nf, a, e in cross]
-    md += ["", "No GPU was available for these measurements."]
+    if device.type == "cpu":
+        md += ["", "Measured on the CPU (`--device cpu`)."]
+    else:
+        md += ["", f"Measured on {torch.cuda.get_device_name(device) if device.type == 'cuda' else device}."]
     write_table("block.md", "\n".join(md))
     _plot(rows, train_rows, "block.png")
     print(f"wrote {RESULTS / 'block.md'} and {RESULTS / 'block.png'}")

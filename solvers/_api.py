@@ -52,6 +52,12 @@ GRADIENT_MODES: Dict[str, Callable[[Problem], Outcome]] = {}
 
 
 def register_gradient_mode(name: str, runner: Callable[[Problem], Outcome]) -> None:
+    """Make ``solve(..., gradient=name)`` call ``runner(problem) -> Outcome``."""
+    if not isinstance(name, str) or not name:
+        exc = ValueError if isinstance(name, str) else TypeError
+        raise exc(f"register_gradient_mode: `name` must be a non-empty string, got {name!r}")
+    if not callable(runner):
+        raise TypeError(f"register_gradient_mode: `runner` must be callable as runner(problem) -> Outcome, got {runner!r}")
     GRADIENT_MODES[name] = runner
 
 

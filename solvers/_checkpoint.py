@@ -23,6 +23,7 @@ gradient_options={"checkpoints": K})``; without it, :data:`DEFAULT_CHECKPOINTS`
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from typing import List, Optional
@@ -61,6 +62,7 @@ class _Counter(VectorField):
 
     def __init__(self, field: VectorField, stats: Stats):
         self.__dict__.update(field.__dict__)
+        self.__dict__.pop("_root_cache", None)  # the replay starts with no Jacobian, as a direct solve does
         self.stats = Stats()
         self.owner = stats
         self.backward = False
@@ -139,8 +141,27 @@ class _Replay:
         self.track = t.requires_grad
         self.failure = None
         self.n_steps_run = 0
+        self.root_state = {}  # segment start -> the root finder's per-solve cache as it was
+
+    def _root_cache_at(self, k0: int) -> None:
+        """Give a recomputed segment the root-finder cache its first run saw.
+
+        Newton's Jacobian lives in a per-solve cache on the field and changes as the solve
+        goes; without this, a recomputation in backward would start from the cache the
+        *last* segment left, take other iterations and rebuild other values (so backward
+        would depend on how often it ran). Shallow copies: the tensors are shared.
+        """
+        cache = getattr(self.field, "_root_cache", None)
+        if k0 not in self.root_state:
+            self.root_state[k0] = {key: copy.copy(v) for key, v in (cache or {}).items()}
+            return
+        if cache is None:
+            cache = self.field._root_cache = {}
+        cache.clear()
+        cache.update({key: copy.copy(v) for key, v in self.root_state[k0].items()})
 
     def segment(self, k0: int, k1: int, y, f0, T_n):
+        self._root_cache_at(k0)
         outs = []
         for k in range(k0, k1):
             st = self.steps[k]

@@ -55,6 +55,24 @@ def _vjp(fx, xr, v):
     return torch.zeros_like(xr) if out is None else out
 
 
+def _keep(x):
+    return x
+
+
+def _private_graph():
+    """Saved-tensor hooks that store tensors as they are, for the root finder's own graphs.
+
+    The Jacobian and JVP graphs a root finder builds (and differentiates at once, during the
+    forward) are private to the stage solve. Under ``torch.utils.checkpoint`` the segment's
+    saved-tensor hooks would otherwise capture them: ``autograd.grad`` on them in the forward
+    then triggers a recomputation, and the replay in backward (where Newton reuses the cached
+    Jacobian) saves a different number of tensors (``CheckpointError``). The innermost hooks
+    win, so these keep the graph out of the checkpoint; the stage's own graph (``G(z*)``,
+    built outside) is still checkpointed.
+    """
+    return torch.autograd.graph.saved_tensors_hooks(_keep, _keep)
+
+
 class StageEquation:
     """``x = c + gamma f(t, x)`` in the real ``(B, n)`` view of the state."""
 
@@ -70,7 +88,7 @@ class StageEquation:
         return self.c + self.gamma * self.f(x)
 
     def _graph(self, x):
-        with torch.enable_grad():
+        with torch.enable_grad(), _private_graph():
             xr = x.detach().requires_grad_(True)
             fx = self.f(xr)
         return xr, fx
@@ -85,7 +103,7 @@ class StageEquation:
         xr, fx = self._graph(x)
         w = None
         if fx.requires_grad:
-            with torch.enable_grad():
+            with torch.enable_grad(), _private_graph():
                 u = torch.zeros_like(fx, requires_grad=True)
                 w = torch.autograd.grad(fx, xr, u, create_graph=True, allow_unused=True)[0]  # J^T u, linear in u
         gamma = self.gamma

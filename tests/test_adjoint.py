@@ -54,27 +54,35 @@ def _rel(a, b):
 def test_matches_direct_tight(name, t_list):
     f = Field()
     tol = dict(rtol=1e-10, atol=1e-10, method=name)
-    assert _rel(_grads(solvers.odeint, f, t_list, **tol), _grads(solvers.odeint_adjoint, f, t_list, **tol)) <= 1e-6
+    # measured (increasing/decreasing): dopri5 2.1e-8/3.4e-8, dopri8 1.3e-10/3.3e-10, tsit5 4.9e-9/1.2e-8
+    bound = {"dopri5": 2e-7, "dopri8": 3e-9, "tsit5": 1e-7}.get(name, 1e-6)
+    assert _rel(_grads(solvers.odeint, f, t_list, **tol), _grads(solvers.odeint_adjoint, f, t_list, **tol)) <= bound
 
 
 @pytest.mark.parametrize("name", LOW_ORDER)
 def test_low_order_adaptive_methods(name):
     """Low-order pairs need ~1e5 steps at 1e-10; at a moderate tolerance the adjoint's
-    gradient error against a tight reference stays within a small multiple of it."""
+    gradient error against a tight reference stays within a small multiple of it
+    (measured: adaptive_heun 0.85 tol, bosh3 0.31 tol, fehlberg2 74 tol)."""
     f = Field()
     tol = 1e-5 if solvers.METHODS[name].order < 2 or name == "adaptive_heun" else 1e-6
     ref = _grads(solvers.odeint, f, [0.0, 0.3, 1.0, 1.5], rtol=1e-10, atol=1e-10, method="dopri8")
     got = _grads(solvers.odeint_adjoint, f, [0.0, 0.3, 1.0, 1.5], rtol=tol, atol=tol, method=name)
-    assert _rel(ref, got) <= 200 * tol
+    assert _rel(ref, got) <= {"adaptive_heun": 3, "bosh3": 1, "fehlberg2": 200}.get(name, 200) * tol
 
 
+@pytest.mark.parametrize("t_list", [[0.0, 0.3, 1.0, 1.5], [1.5, 1.0, 0.31, 0.0]], ids=["increasing", "decreasing"])
 @pytest.mark.parametrize("name", FIXED)
-def test_fixed_step_methods(name):
-    """The adjoint of a fixed-step solve converges to the exact gradient as h -> 0."""
+def test_fixed_step_methods(name, t_list):
+    """The adjoint of a fixed-step solve converges to the exact gradient as h -> 0, in
+    either time direction."""
     f = Field()
-    ref = _grads(solvers.odeint, f, [0.0, 0.3, 1.0, 1.5], rtol=1e-11, atol=1e-11, method="dopri8")
-    got = _grads(solvers.odeint_adjoint, f, [0.0, 0.3, 1.0, 1.5], method=name, options=dict(step_size=0.01))
-    assert _rel(ref, got) <= {2: 1e-3, 3: 1e-5, 4: 1e-7}[solvers.METHODS[name].order]
+    ref = _grads(solvers.odeint, f, t_list, rtol=1e-11, atol=1e-11, method="dopri8")
+    got = _grads(solvers.odeint_adjoint, f, t_list, method=name, options=dict(step_size=0.01))
+    # measured increasing / decreasing: heun2 1.0e-5 / 1.2e-5, midpoint 4.2e-6 / 8.5e-6,
+    # heun3 6.6e-9 / 4.3e-9, rk4 7.2e-12 / 1.4e-10, rk4_classic 1.2e-11 / 1.4e-10
+    bounds = {2: 5e-5, 3: 5e-8, 4: 1e-10} if t_list[0] < t_list[-1] else {2: 5e-5, 3: 2e-8, 4: 5e-10}
+    assert _rel(ref, got) <= bounds[solvers.METHODS[name].order]
 
 
 def test_linear_closed_form():
@@ -133,8 +141,13 @@ def test_seminorm_saves_steps_same_gradient():
     for norm in (None, "seminorm"):
         sol = solvers.solve(f, y0, t, rtol=1e-6, atol=1e-6, gradient="adjoint", gradient_options=dict(options=dict(norm=norm)) if norm else None)
         out[norm] = (torch.autograd.grad(sol.ys[-1].pow(2).sum(), [y0, *f.net.parameters()]), sol.stats)
-    assert _rel(out[None][0], out["seminorm"][0]) <= 1e-4
-    assert out["seminorm"][1].n_f_evals_backward <= out[None][1].n_f_evals_backward
+    assert _rel(out[None][0], out["seminorm"][0]) <= 2e-6  # measured 4.1e-7
+    # strictly fewer backward steps (measured 5 vs 7) and evaluations (32 vs 44)
+    assert out["seminorm"][1].n_steps_backward < out[None][1].n_steps_backward
+    assert out["seminorm"][1].n_f_evals_backward < out[None][1].n_f_evals_backward
+    # both as accurate against a tight direct reference (measured 6.7e-7 and 1.0e-6 at tol 1e-6)
+    ref = torch.autograd.grad(solvers.solve(f, y0, t, rtol=1e-11, atol=1e-11, method="dopri8").ys[-1].pow(2).sum(), [y0, *f.net.parameters()])
+    assert _rel(ref, out[None][0]) <= 5e-6 and _rel(ref, out["seminorm"][0]) <= 5e-6
 
 
 def test_unused_parameters_get_zero_gradients():
@@ -170,8 +183,10 @@ def test_plain_function_in_solve_gets_y0_and_t_gradients():
 def test_plain_function_needs_adjoint_params():
     with pytest.raises(TypeError, match="adjoint_params"):
         solvers.odeint_adjoint(lambda t, y: -y, torch.ones(2), torch.tensor([0.0, 1.0]))
-    ys = solvers.odeint_adjoint(lambda t, y: -y, torch.ones(2, requires_grad=True), torch.tensor([0.0, 1.0]), adjoint_params=())
-    assert ys.requires_grad
+    y0 = torch.ones(2, requires_grad=True)
+    ys = solvers.odeint_adjoint(lambda t, y: -y, y0, torch.tensor([0.0, 1.0]), adjoint_params=(), rtol=1e-10, atol=1e-12)
+    (g,) = torch.autograd.grad(ys[-1].sum(), [y0])
+    np.testing.assert_allclose(g.numpy(), [np.exp(-1.0)] * 2, rtol=1e-8)  # d y(1) / d y0 = e^-1
 
 
 @pytest.mark.parametrize(

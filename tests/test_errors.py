@@ -240,7 +240,7 @@ def test_field_turning_nan_mid_solve_adaptive(method):
 
 
 def test_min_step_too_large_raises_underflow():
-    with pytest.raises(solvers.StepSizeUnderflowError, match=r"min_step=0\.5.*stiff|min_step") as info:
+    with pytest.raises(solvers.StepSizeUnderflowError, match=r"fell below `min_step`.*may be stiff.*a step of min_step=0\.5 was rejected at t=0") as info:
         solvers.odeint(rot, Y0, torch.tensor([0.0, 4.0], dtype=F64), method="dopri5", rtol=1e-10, atol=1e-10, options=dict(min_step=0.5))
     assert info.value.t == 0.0
     assert "Failed at t=0" in str(info.value)
@@ -257,7 +257,7 @@ def test_singular_problem_raises_underflow():
 
 @pytest.mark.parametrize("method, options", [("dopri5", dict(max_num_steps=5)), ("rk4", dict(step_size=0.01, max_num_steps=5))])
 def test_max_num_steps(method, options):
-    with pytest.raises(solvers.MaxStepsError, match="max_num_steps|Try increasing `max_num_steps`") as info:
+    with pytest.raises(solvers.MaxStepsError, match="Try increasing `max_num_steps`") as info:
         solvers.odeint(rot, Y0, torch.tensor([0.0, 0.5, 10.0], dtype=F64), method=method, options=options)
     assert "Try increasing `max_num_steps`" in str(info.value)
     sol = solvers.solve(rot, Y0, torch.tensor([0.0, 0.5, 10.0], dtype=F64), method=method, options=options, raise_on_failure=False)

@@ -156,12 +156,14 @@ def test_spectral_norm_conv_bounded_by_kernel_size():
         for _ in range(50):
             f(_t(), torch.randn(1, 2, 6, 6, dtype=torch.float64))
     f.eval()
-    conv = f.conv1.conv
-    weight = conv.weight.detach()
-    op = lambda x: nn.functional.conv2d(x, weight, None, padding=1)  # noqa: E731
-    sigma = _power_iteration_norm(op, (1, 2, 6, 6))
-    assert sigma <= 3.0 + 1e-6  # Gouk et al.: ||conv|| <= k * ||reshaped kernel|| = 3
-    assert sigma > 0.5
+    for conv in (f.conv1.conv, f.conv2.conv):
+        weight = conv.weight.detach()
+        # what spectral normalisation sets: the kernel reshaped to (out, in*k*k) has norm 1
+        # (measured 1 - 1e-16 after 50 power iterations; without it: 0.72 and 0.67)
+        assert abs(float(torch.linalg.matrix_norm(weight.reshape(weight.shape[0], -1), ord=2)) - 1.0) <= 1e-6
+        op = lambda x: nn.functional.conv2d(x, weight, None, padding=1)  # noqa: E731
+        sigma = _power_iteration_norm(op, (1, weight.shape[1], 6, 6))
+        assert sigma <= 3.0 + 1e-6  # Gouk et al.: ||conv|| <= k * ||reshaped kernel|| = 3 (measured 1.63, 1.24)
 
 
 def test_spectral_normalize_skips_film_and_is_idempotent():

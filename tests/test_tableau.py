@@ -124,11 +124,45 @@ def test_basic_properties(name):
         assert tab.b_error is not None, f"{name} is adaptive but has no b_error"
         assert abs(tab.b_error.sum()) < 1e-14
         assert 0 < cls.error_order
-    # FSAL derived from the coefficients, as the docstrings promise.
-    fsal = bool(s > 1 and tab.c[-1] == 1.0 and tab.b[-1] == 0.0 and np.array_equal(tab.a[-1, :-1], tab.b[:-1]))
-    assert tab.fsal == fsal
-    if fsal:
+    if tab.fsal:
         assert "FSAL" in (cls.__doc__ or ""), f"{name}: FSAL method whose docstring does not say so"
+
+
+def _f(t, y):  # a generic nonlinear, non-autonomous field: no accidental stage coincidences
+    return np.sin(y) * np.cos(t) + 0.1 * y**2 + 0.3 * t
+
+
+@pytest.mark.parametrize("name", EXPLICIT)
+def test_explicit_and_fsal_mean_what_they_say(name):
+    """``explicit``: the stages computed one after another (each from earlier ones only) solve
+    the full stage equations ``k_i = f(t0 + c_i h, y0 + h sum_j a_ij k_j)``. ``fsal``: the last
+    stage is ``f(t1, y1)``, so the next step can reuse it. Both checked numerically on a
+    nonlinear field, not by re-deriving the flag from the coefficients."""
+    tab = solvers.METHODS[name].tableau
+    t0, h, y0 = 0.3, 0.2, np.array([0.7, -1.1])
+    k = []
+    for i in range(tab.stages):
+        k.append(_f(t0 + tab.c[i] * h, y0 + h * sum((tab.a[i, j] * k[j] for j in range(i)), np.zeros(2))))
+    K = np.stack(k)  # (stages, 2)
+    residual = max(float(np.abs(K[i] - _f(t0 + tab.c[i] * h, y0 + h * tab.a[i] @ K)).max()) for i in range(tab.stages))
+    assert tab.explicit and residual <= 1e-15
+    y1 = y0 + h * tab.b @ K
+    last_is_f1 = float(np.abs(K[-1] - _f(t0 + h, y1)).max()) <= 1e-14
+    assert tab.fsal == last_is_f1
+    if name in ("bosh3", "dopri5", "tsit5"):  # FSAL in the literature (Bogacki-Shampine, Dormand-Prince, Tsitouras)
+        assert tab.fsal
+    if name in ("euler", "midpoint", "rk4", "rk4_classic", "heun2", "heun3", "adaptive_heun", "fehlberg2"):
+        assert not tab.fsal
+
+
+def test_fsal_and_explicit_flags_follow_the_coefficients():
+    """A non-FSAL tableau made FSAL by its last row, and an implicit one (diagonal entry)."""
+    fsal = ButcherTableau(c=[0.0, 1.0, 1.0], a=[[], [1.0], [0.5, 0.5]], b=[0.5, 0.5, 0.0])
+    assert fsal.fsal and fsal.explicit
+    shifted = ButcherTableau(c=[0.0, 1.0, 1.0], a=[[], [1.0], [0.4, 0.6]], b=[0.5, 0.5, 0.0])
+    assert not shifted.fsal  # the last stage is not at y1
+    diag = ButcherTableau(c=[0.0, 1.0], a=[[0.0, 0.0], [0.5, 0.5]], b=[0.5, 0.5])
+    assert not diag.explicit and not diag.fsal
 
 
 @pytest.mark.parametrize("name", EXPLICIT)
