@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import solvers
-from odenet._fields import ConvField, MLPField, _time_like
-from odenet._parabolic import ParabolicConvField, ParabolicMLPField
+from odenet.fields._standard import ConvField, MLPField, _time_like
+from odenet.fields._parabolic import ParabolicConvField, ParabolicMLPField
 
 F64 = torch.float64
 
@@ -26,6 +26,8 @@ def rowwise(field, t, x):
         (lambda: ConvField(2, hidden=4, time="concat"), (4, 2, 5, 5)),
         (lambda: ParabolicMLPField(3, hidden=8, time="concat"), (4, 3)),
         (lambda: ParabolicConvField(2, hidden=4, time="concat"), (4, 2, 5, 5)),
+        (lambda: MLPField(3, hidden=8, time="film"), (4, 3)),
+        (lambda: ConvField(2, hidden=4, time="film"), (4, 2, 5, 5)),
     ],
 )
 def test_per_sample_time_equals_rowwise_scalar_time(make, shape):

@@ -124,10 +124,16 @@ class _FiLM(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, t: torch.Tensor, h: torch.Tensor, channel_dim: int) -> torch.Tensor:
-        gb = self.proj(t.reshape(1, 1)).reshape(2, -1)  # (2, features)
+        """``t``: a 0-dim time, or one per sample shaped ``[B, 1, ..., 1]`` (from ``_time_like``)."""
         shape = [1] * h.dim()
-        shape[channel_dim] = gb.shape[1]
-        gamma, beta = gb[0].reshape(shape), gb[1].reshape(shape)
+        if t.dim() == 0:
+            gb = self.proj(t.reshape(1, 1)).reshape(2, -1)  # (2, features)
+            shape[channel_dim] = gb.shape[1]
+            gamma, beta = gb[0].reshape(shape), gb[1].reshape(shape)
+        else:
+            gb = self.proj(t.reshape(-1, 1)).reshape(-1, 2, self.proj.out_features // 2)  # (B, 2, features)
+            shape[0], shape[channel_dim] = gb.shape[0], gb.shape[2]
+            gamma, beta = gb[:, 0].reshape(shape), gb[:, 1].reshape(shape)
         return torch.addcmul(h + beta, h, gamma)  # h * (1 + gamma) + beta
 
 
