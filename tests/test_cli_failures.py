@@ -269,6 +269,6 @@ def test_compare_writes_the_nfe_per_epoch_curve(tmp_path):
     assert str(png) in report["plots"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["models"]["node"]["solver"]["gradient"] == "checkpointed_adjoint"
-    assert "+ckpt-adj" in report["table"]
+    assert "dopri5+adj(ckpt)" in report["table"]
     # the node view's backward work is counted (evaluations + VJPs of the checkpointed adjoint)
     assert all(r["vjp_backward"] > 0 for r in report["models"]["node"]["history"])

@@ -374,7 +374,7 @@ def format_table(report: dict) -> str:
     for view, r in models.items():
         s = r["solver"]
         solver = s["method"] + (f"/{s['steps']}" if s.get("steps") else "") + {
-            "adjoint": "+adj", "checkpointed_adjoint": "+ckpt-adj", "checkpoint": "+ckpt"}.get(s.get("gradient"), "")
+            "adjoint": "+adj", "checkpointed_adjoint": "+adj(ckpt)", "checkpoint": "+ckpt"}.get(s.get("gradient"), "")
         rows.append([view, solver, _pct(r["test_accuracy"]), f"{r['train_time_s']:.1f}",
                      f"{r['nfe_forward_per_batch']:.1f}", f"{r['nfe_backward_per_batch']:.1f}",
                      f"{r['vjp_backward_per_batch']:.1f}", f"{r['peak_memory_mib']:.2f}"]
