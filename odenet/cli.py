@@ -172,8 +172,9 @@ def _timeseries_parser(sub) -> None:
     ts.add_argument("--models", type=_name_list(_SERIES_MODELS), default=list(_SERIES_MODELS),
                     help="comma-separated models (default all: " + ",".join(_SERIES_MODELS) + ")")
     ts.add_argument("--epochs", type=_positive_int, default=None,
-                    help="epochs of every run (default 30 for classification, 12 for sines)")
-    ts.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (default 32)")
+                    help="epochs of every run (default 20 for classification, 5 for sines)")
+    ts.add_argument("--batch-size", type=_positive_int, default=None,
+                    help="batch size (default 32 for classification, 64 for sines)")
     ts.add_argument("--lr", type=_positive_float, default=1e-2, help="Adam learning rate (default 1e-2)")
     ts.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
     ts.add_argument("--hidden", type=_positive_int, default=32, help="hidden state size (default 32)")
@@ -198,7 +199,8 @@ def _run_timeseries(args: argparse.Namespace) -> int:
     if any(not r < 1 for r in args.drop):
         raise ValueError(f"--drop rates must lie in [0, 1), got {args.drop}")
     timeseries(TimeseriesConfig(
-        data=args.data, drop=args.drop, models=args.models, epochs=args.epochs, batch_size=args.batch_size,
+        data=args.data, drop=args.drop, models=args.models, epochs=args.epochs,
+        **({"batch_size": args.batch_size, "batch_size_regression": args.batch_size} if args.batch_size else {}),
         lr=args.lr, seed=args.seed, hidden=args.hidden, n_sines=args.n_sines, device=args.device, out=args.out,
         quiet=args.quiet, plots=not args.no_plots, limit_train=args.limit_train, limit_test=args.limit_test,
         method=args.method, steps=args.steps, rtol=args.rtol, atol=args.atol, gradient=args.gradient))

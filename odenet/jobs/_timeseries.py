@@ -50,7 +50,7 @@ class TimeseriesConfig:
         Epochs for every run (default: ``epochs_classification`` / ``epochs_regression``).
     n_sines : int
         Number of periodic-sines series (Rubanova: 1000).
-    hidden, batch_size, lr, seed, device, out, quiet, plots, threads
+    hidden, batch_size, batch_size_regression, lr, seed, device, out, quiet, plots, threads
         Training and output settings; ``threads`` sets torch's CPU threads during the job
         (these models are many small ops: one thread is fastest on a shared CPU; 0 keeps
         torch's setting).
@@ -62,11 +62,12 @@ class TimeseriesConfig:
     drop: Sequence[float] = (0.3,)
     models: Sequence[str] = tuple(SERIES_MODELS)
     epochs: Optional[int] = None
-    epochs_classification: int = 30
-    epochs_regression: int = 12
+    epochs_classification: int = 20
+    epochs_regression: int = 5
     n_sines: int = 1000
     hidden: int = 32
     batch_size: int = 32
+    batch_size_regression: int = 64
     lr: float = 1e-2
     seed: int = 0
     device: str = "cpu"
@@ -92,7 +93,8 @@ class TimeseriesConfig:
             raise ValueError("data must be a non-empty list of data set names")
         if not self.drop or any(not 0 <= float(r) < 1 for r in self.drop):
             raise ValueError(f"drop rates must lie in [0, 1), got {list(self.drop)}")
-        for name in ("epochs", "epochs_classification", "epochs_regression", "n_sines", "hidden", "batch_size"):
+        for name in ("epochs", "epochs_classification", "epochs_regression", "n_sines", "hidden", "batch_size",
+                     "batch_size_regression"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -190,7 +192,8 @@ def timeseries(config: TimeseriesConfig | None = None, **kwargs: Any) -> dict:
                 label = f"{name}/{data.task}/drop{rate:g}/{model_name}"
                 bar.set_postfix_str(label)
                 c0 = time.process_time()
-                res = fit(model, task, epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                bs = config.batch_size if classify else config.batch_size_regression
+                res = fit(model, task, epochs=epochs, batch_size=bs, lr=config.lr, seed=config.seed,
                           device=str(device), out=None, quiet=True, label=label)
                 hist = res.metrics
                 run = {"data": name, "task": data.task, "drop": float(rate), "model": model_name,
