@@ -198,12 +198,14 @@ def _run_timeseries(args: argparse.Namespace) -> int:
 
     if any(not r < 1 for r in args.drop):
         raise ValueError(f"--drop rates must lie in [0, 1), got {args.drop}")
-    timeseries(TimeseriesConfig(
+    report = timeseries(TimeseriesConfig(
         data=args.data, drop=args.drop, models=args.models, epochs=args.epochs,
         **({"batch_size": args.batch_size, "batch_size_regression": args.batch_size} if args.batch_size else {}),
         lr=args.lr, seed=args.seed, hidden=args.hidden, n_sines=args.n_sines, device=args.device, out=args.out,
         quiet=args.quiet, plots=not args.no_plots, limit_train=args.limit_train, limit_test=args.limit_test,
         method=args.method, steps=args.steps, rtol=args.rtol, atol=args.atol, gradient=args.gradient))
+    if args.quiet:
+        print(report["table"])
     return 0
 
 
