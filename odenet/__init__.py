@@ -21,17 +21,26 @@ Subpackages: ``fields``, ``models``, ``data``, ``training``, ``robustness``, ``a
 block is ``odenet._block`` and the command line ``odenet.cli``. Every public name is
 importable from ``odenet`` itself.
 
-The command line is ``odenet train`` / ``odenet compare`` (or ``python -m odenet``).
+Time series (irregular, with missing observations): :class:`ODERNN`, :class:`LatentODE`,
+:class:`GRUODE`, :class:`NeuralCDE` and the :class:`GRUDelta` / :class:`GRUD` baselines, each
+series evolved along its own times (:func:`evolve`); UEA/UCR data bundled in sktime
+(:func:`load_uea`), :func:`periodic_sines`; the ``odenet timeseries`` job (:func:`timeseries`).
+
+The command line is ``odenet train`` / ``odenet compare`` / ``odenet timeseries`` (or ``python -m odenet``).
 """
 
 from ._block import SOLVER_KEYS, ODEBlock
 from ._io import CheckpointError, load_checkpoint, save_checkpoint
-from .data import DATASETS, DataBundle, iterate_batches, load_dataset
+from .data import (DATASETS, DataBundle, SeriesBatch, SeriesData, drop_observations, hermite_cubic_backward,
+                   iterate_batches, load_dataset, load_uea, natural_cubic_spline, pad_series, periodic_sines,
+                   spiral_series)
 from .fields import (ACTIVATIONS, MONOTONE_ACTIVATIONS, TIME_MODES, ConvField, LayerwiseField, MLPField,
                      ParabolicConvField, ParabolicMLPField, spectral_normalize)
 from . import analysis
-from .jobs import CompareConfig, RobustnessConfig, StabilityConfig, compare, format_table, robustness, stability
-from .models import MODEL_KINDS, ImageClassifier, MLPClassifier, build_model
+from .jobs import (CompareConfig, RobustnessConfig, StabilityConfig, TimeseriesConfig, compare, format_table, robustness,
+                   stability, timeseries)
+from .models import (GRUD, GRUODE, MODEL_KINDS, ODE_SERIES_MODELS, SERIES_MODELS, GRUDelta, ImageClassifier, LatentODE,
+                     MLPClassifier, NeuralCDE, ODERNN, SeriesODEBlock, build_model, build_series_model, evolve)
 from .robustness import (AttackSettings, accuracy_vs_epsilon, attack_suite, fgsm, fgsm_accuracy, noise_accuracy, pgd,
                          square_attack, transfer_pgd)
 from .training import (FIELDS, VIEWS, TrainConfig, TrainingError, TrainResult, build_view_model, evaluate, fit,
@@ -55,11 +64,33 @@ __all__ = [
     "MLPClassifier",
     "build_model",
     "MODEL_KINDS",
+    # time-series models
+    "ODERNN",
+    "LatentODE",
+    "GRUODE",
+    "NeuralCDE",
+    "GRUDelta",
+    "GRUD",
+    "SERIES_MODELS",
+    "ODE_SERIES_MODELS",
+    "build_series_model",
+    "evolve",
+    "SeriesODEBlock",
     # data
     "load_dataset",
     "DataBundle",
     "DATASETS",
     "iterate_batches",
+    # time-series data
+    "SeriesBatch",
+    "SeriesData",
+    "pad_series",
+    "drop_observations",
+    "load_uea",
+    "periodic_sines",
+    "spiral_series",
+    "natural_cubic_spline",
+    "hermite_cubic_backward",
     # training
     "VIEWS",
     "FIELDS",
@@ -98,6 +129,9 @@ __all__ = [
     # the robustness job
     "RobustnessConfig",
     "robustness",
+    # the time-series job
+    "TimeseriesConfig",
+    "timeseries",
 ]
 
 __version__ = "0.1.0"

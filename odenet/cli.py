@@ -1,4 +1,4 @@
-"""The ``odenet`` command line: ``odenet train`` and ``odenet compare``.
+"""The ``odenet`` command line: ``odenet train``, ``odenet compare`` and ``odenet timeseries``.
 
 Run ``odenet --help`` (or ``python -m odenet --help``). Bad input (unknown names,
 mismatched or corrupt checkpoints, ...) is reported in one line without a
@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 from typing import Sequence
+
+from ._io import check_out_dir
 
 __all__ = ["main", "build_parser"]
 
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="odenet",
         description="Train one vector field as a ResNet, an implicit ResNet or a Neural ODE.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,compare,stability,robustness}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,compare,stability,robustness,timeseries}")
     sub.required = True
 
     tr = sub.add_parser(
@@ -164,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "report the failure in the table and results.json and exit 0)")
     _add_stability(sub)
     _add_robustness(sub)
+    _timeseries_parser(sub)
     return parser
 
 
@@ -184,7 +187,7 @@ def _add_stability(sub) -> None:
 
 
 def _run_stability(args: argparse.Namespace) -> int:
-    from .jobs._stability import StabilityConfig, check_out_dir, stability
+    from .jobs._stability import StabilityConfig, stability
 
     check_out_dir(args.out)  # before any work
     stability(StabilityConfig(out=args.out, claims=args.claims, full=args.full, seed=args.seed,
@@ -216,28 +219,8 @@ def _add_robustness(sub) -> None:
     rb.add_argument("--no-plots", action="store_true", help="skip the PNGs")
 
 
-def _check_out_dir(path: str) -> None:
-    """ValueError unless ``path`` is (or can become) a writable directory; nothing is created."""
-    p = os.path.abspath(path)
-    if os.path.exists(p) and not os.path.isdir(p):
-        raise ValueError(f"--out {path} is an existing file; pass a directory")
-    parent = p
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f"--out {path} lies under the file {parent}; pass a directory path")
-    import tempfile
-
-    try:  # a real probe: os.access says yes to root even where writing fails (e.g. /proc)
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".odenet-probe-")
-        os.close(fd)
-        os.remove(probe)
-    except OSError as exc:
-        raise ValueError(f"--out {path}: cannot write in {parent} ({exc.strerror}); pass a writable directory") from None
-
-
 def _run_robustness(args: argparse.Namespace) -> int:
-    _check_out_dir(args.out)
+    check_out_dir(args.out)
     from .jobs._robustness import RobustnessConfig, robustness
 
     kw = dict(out=args.out, quick=args.quick, models_from=args.models_from, seed=args.seed, device=args.device,
@@ -249,6 +232,62 @@ def _run_robustness(args: argparse.Namespace) -> int:
     if args.variants is not None:
         kw["variants"] = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     robustness(RobustnessConfig(**kw))
+    return 0
+
+
+_SERIES_MODELS = ("ode_rnn", "latent_ode", "gru_ode", "ncde", "gru_dt", "gru_d")
+
+
+def _timeseries_parser(sub) -> None:
+    ts = sub.add_parser(
+        "timeseries", help="train time-series models on irregular series with dropped observations",
+        description="Train ODE-RNN, Latent ODE, GRU-ODE, Neural CDE and the GRU-dt / GRU-D baselines on "
+                    "irregularly sampled series (the UEA/UCR archive bundled in sktime, periodic sines, "
+                    "spirals; no downloads) and write a table, results.json and PNGs into --out.")
+    ts.add_argument("--data", type=lambda t: [n.strip() for n in t.split(",") if n.strip()],
+                    default=["JapaneseVowels", "sines"],
+                    help="comma-separated data sets: any bundled UEA/UCR classification set, sines "
+                         "(extrapolation), sines_interp, spirals (default JapaneseVowels,sines)")
+    ts.add_argument("--drop", type=_float_list, default=[0.3],
+                    help="comma-separated fractions of observations dropped per series (default 0.3)")
+    ts.add_argument("--models", type=_name_list(_SERIES_MODELS), default=list(_SERIES_MODELS),
+                    help="comma-separated models (default all: " + ",".join(_SERIES_MODELS) + ")")
+    ts.add_argument("--epochs", type=_positive_int, default=None,
+                    help="epochs of every run (default 20 for classification, 5 for sines)")
+    ts.add_argument("--batch-size", type=_positive_int, default=None,
+                    help="batch size (default 32 for classification, 64 for sines)")
+    ts.add_argument("--lr", type=_positive_float, default=1e-2, help="Adam learning rate (default 1e-2)")
+    ts.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    ts.add_argument("--hidden", type=_positive_int, default=32, help="hidden state size (default 32)")
+    ts.add_argument("--n-sines", type=_positive_int, default=1000, help="periodic-sines series (default 1000)")
+    ts.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="device (default cpu)")
+    ts.add_argument("--limit-train", type=_positive_int, default=None, help="use only the first N training series")
+    ts.add_argument("--limit-test", type=_positive_int, default=None, help="use only the first N test series")
+    ts.add_argument("--out", required=True, help="output directory")
+    ts.add_argument("--quiet", action="store_true", help="print only the final table")
+    ts.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    g = ts.add_argument_group("solver overrides of the ODE models (default rk4, one step per gap)")
+    g.add_argument("--method", help="integration method, e.g. euler, rk4, dopri5")
+    g.add_argument("--steps", type=_positive_int, help="fixed steps per gap between observations")
+    g.add_argument("--rtol", type=_positive_float, help="relative tolerance (adaptive methods)")
+    g.add_argument("--atol", type=_positive_float, help="absolute tolerance (adaptive methods)")
+    g.add_argument("--gradient", choices=("direct", "adjoint", "checkpoint"), help="how gradients are computed")
+
+
+def _run_timeseries(args: argparse.Namespace) -> int:
+    from .jobs._timeseries import TimeseriesConfig, timeseries
+
+    check_out_dir(args.out)  # before any work
+    if any(not r < 1 for r in args.drop):
+        raise ValueError(f"--drop rates must lie in [0, 1), got {args.drop}")
+    report = timeseries(TimeseriesConfig(
+        data=args.data, drop=args.drop, models=args.models, epochs=args.epochs,
+        **({"batch_size": args.batch_size, "batch_size_regression": args.batch_size} if args.batch_size else {}),
+        lr=args.lr, seed=args.seed, hidden=args.hidden, n_sines=args.n_sines, device=args.device, out=args.out,
+        quiet=args.quiet, plots=not args.no_plots, limit_train=args.limit_train, limit_test=args.limit_test,
+        method=args.method, steps=args.steps, rtol=args.rtol, atol=args.atol, gradient=args.gradient))
+    if args.quiet:
+        print(report["table"])
     return 0
 
 
@@ -319,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_stability(args)
         if args.command == "robustness":
             return _run_robustness(args)
+        if args.command == "timeseries":
+            return _run_timeseries(args)
         return _run_compare(args)
     except (ValueError, TypeError, CheckpointError) as exc:
         if os.environ.get("ODENET_DEBUG"):

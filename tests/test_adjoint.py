@@ -82,7 +82,10 @@ def test_fixed_step_methods(name, t_list):
     # measured increasing / decreasing: heun2 1.0e-5 / 1.2e-5, midpoint 4.2e-6 / 8.5e-6,
     # heun3 6.6e-9 / 4.3e-9, rk4 7.2e-12 / 1.4e-10, rk4_classic 1.2e-11 / 1.4e-10
     bounds = {2: 5e-5, 3: 5e-8, 4: 1e-10} if t_list[0] < t_list[-1] else {2: 5e-5, 3: 2e-8, 4: 5e-10}
-    assert _rel(ref, got) <= bounds[solvers.METHODS[name].order]
+    # explicit_adams (order 4 once its history is full, lower orders in its first steps):
+    # measured 4.5e-9 increasing
+    bound = 2e-8 if name == "explicit_adams" else bounds[solvers.METHODS[name].order]
+    assert _rel(ref, got) <= bound
 
 
 def test_linear_closed_form():

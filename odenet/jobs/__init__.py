@@ -6,6 +6,7 @@ training loop, evaluates and writes a report (table, ``results.json``, PNGs).
   fields and blocks (``odenet stability``).
 - ``robustness``: the three views and their variants under the robustness protocol
   (FGSM, PGD, transfer, Square, noise; sanity checks; claims C2, C3, H1).
+- ``timeseries``: six model families on irregular series with dropped observations.
 - ``_claims``: the :class:`Claim` record that stability and robustness results are
   reported as (ID from CLAIMS.md, expected, measured, tolerance, holds).
 """
@@ -14,8 +15,10 @@ from ._claims import Claim, claims_table, write_claims_report
 from ._compare import CompareConfig, compare, format_table
 from ._stability import STABILITY_CLAIMS, StabilityConfig, stability
 
+from ._timeseries import TimeseriesConfig, format_series_table, load_series_data, timeseries
 from ._robustness import PROTOCOL_EPSILONS, VARIANTS, RobustnessConfig, robustness
 
 __all__ = ["CompareConfig", "compare", "format_table", "Claim", "claims_table", "write_claims_report",
            "RobustnessConfig", "robustness", "VARIANTS", "PROTOCOL_EPSILONS",
-           "StabilityConfig", "stability", "STABILITY_CLAIMS"]
+           "StabilityConfig", "stability", "STABILITY_CLAIMS",
+           "TimeseriesConfig", "timeseries", "format_series_table", "load_series_data"]

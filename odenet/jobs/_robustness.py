@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,7 +30,7 @@ import torch
 import solvers
 
 from ..data._classification import load_dataset
-from .._io import CheckpointError, atomic_write_text
+from .._io import atomic_write_text
 from ..robustness._suite import ADVERSARIAL, ATTACKS, AttackSettings, attack_suite
 from ..training._loop import TrainingError, fit
 from ..training._run import load_model

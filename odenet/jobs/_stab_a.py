@@ -12,7 +12,7 @@ from .._block import ODEBlock
 from ..analysis import gradient_gain, jacobian, singular_values
 from ..fields import LayerwiseField, MLPField
 from ._claims import Claim
-from ._stab_common import Context, exact_normalise, rel
+from ._stab_common import Context, exact_normalise
 
 __all__ = ["MEASURES"]
 

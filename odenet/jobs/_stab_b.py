@@ -9,7 +9,7 @@ CLAIMS.md where it names the method, else the method's own Butcher tableau
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 

@@ -11,7 +11,7 @@ from torch import nn
 import solvers
 
 from .._block import ODEBlock
-from ..analysis import (Lorenz, gradient_gain, jacobian, lipschitz_ratio, log_growth_slope, lyapunov_exponents,
+from ..analysis import (Lorenz, jacobian, lipschitz_ratio, log_growth_slope, lyapunov_exponents,
                         map_lyapunov_exponent, singular_values, tanh_rnn_mean_field_lambda1)
 from ..fields import LayerwiseField, MLPField, spectral_normalize
 from ._claims import Claim

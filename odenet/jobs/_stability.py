@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import torch
 
 from . import _stab_a, _stab_b, _stab_cde, _stab_fgh, _stab_i
+from .._io import check_out_dir
 from ._claims import Claim, write_claims_report
 from ._stab_common import Context
 
-__all__ = ["StabilityConfig", "stability", "STABILITY_CLAIMS", "check_out_dir"]
+__all__ = ["StabilityConfig", "stability", "STABILITY_CLAIMS"]
 
 #: Claim ID -> measurement, in CLAIMS.md order.
 _MEASURES = {**_stab_a.MEASURES, **_stab_b.MEASURES, **_stab_cde.MEASURES, **_stab_fgh.MEASURES,
@@ -81,27 +82,6 @@ class StabilityConfig:
             raise ValueError(f"`seed` must be a non-negative int, got {self.seed!r}")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             raise ValueError(f"`threads` must be a positive int, got {self.threads!r}")
-
-
-def check_out_dir(out: str) -> Path:
-    """Refuse an output path that is a file, lies under a file, or cannot be written.
-
-    Raises
-    ------
-    ValueError
-        Naming the path and what to do.
-    """
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {out!r} is an existing file; give a directory")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"--out {out!r} lies under the file {str(parent)!r}; give a directory path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out!r}: directory {str(parent)!r} is not writable; choose another --out")
-    return path
 
 
 def stability(config: Optional[StabilityConfig] = None, **kwargs) -> dict:

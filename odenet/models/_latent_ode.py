@@ -1,0 +1,111 @@
+"""Latent ODE (Rubanova et al. 2019): an ODE-RNN encoder run backwards in time gives a Gaussian
+posterior over the initial latent state ``z0``; an ODE decoder evolves ``z0`` to every query
+time of each series; trained on the ELBO.
+
+``ELBO = E_q[log p(x | z0)] - KL(q(z0 | x) || N(0, I))`` with a Gaussian observation model
+of fixed standard deviation ``obs_std``; the log-likelihood is averaged over the observed
+target points of a series (as Rubanova et al. do), the KL is summed over latent
+dimensions and weighted by ``kl_weight``. ``n_samples`` draws of ``z0`` per series average
+the ELBO. Classification puts a linear head on the posterior mean.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..data._irregular import SeriesBatch
+from ._evolve import SeriesODEBlock
+from ._ode_rnn import ODERNN, MLPDynamics
+from ._series_base import AbstractSeriesModel, merge_events
+
+__all__ = ["LatentODE"]
+
+
+class LatentODE(AbstractSeriesModel):
+    """Latent ODE with an ODE-RNN encoder (backwards) and an ODE decoder.
+
+    Parameters
+    ----------
+    in_channels, hidden, num_classes, out_channels
+        As for :class:`odenet.ODERNN` (``hidden``: the encoder's state size).
+    latent : int
+        Size of ``z0``.
+    obs_std : float
+        Standard deviation of the Gaussian observation noise.
+    n_samples : int
+        Samples of ``z0`` per series in :meth:`regression_loss`.
+    kl_weight : float
+        Weight of the KL term.
+    method, steps, rtol, atol, gradient, options
+        Solver configuration of the encoder and decoder ODEs, as in :class:`odenet.ODEBlock`.
+    """
+
+    def __init__(self, in_channels: int, hidden: int = 32, num_classes: int = 0, out_channels: Optional[int] = None,
+                 *, latent: int = 16, units: int = 64, obs_std: float = 0.01, n_samples: int = 1,
+                 kl_weight: float = 1.0, method: str = "rk4", steps: Optional[int] = 1, rtol: float = 1e-3,
+                 atol: float = 1e-4, gradient: str = "direct", options: Optional[dict] = None):
+        super().__init__()
+        if not obs_std > 0 or n_samples < 1:
+            raise ValueError(f"need obs_std > 0 and n_samples >= 1, got {obs_std}, {n_samples}")
+        self.in_channels, self.hidden, self.num_classes, self.latent = in_channels, hidden, num_classes, latent
+        self.out_channels = out_channels or in_channels
+        self.obs_std, self.n_samples, self.kl_weight = float(obs_std), int(n_samples), float(kl_weight)
+        solver = dict(method=method, steps=steps, rtol=rtol, atol=atol, gradient=gradient, options=options)
+        self.config = dict(in_channels=in_channels, hidden=hidden, num_classes=num_classes,
+                           out_channels=self.out_channels, latent=latent, units=units, obs_std=obs_std,
+                           n_samples=n_samples, kl_weight=kl_weight, **solver)
+        self.encoder = ODERNN(in_channels, hidden, units=units, **solver)
+        self.to_posterior = nn.Linear(hidden, 2 * latent)
+        self.decoder = SeriesODEBlock(MLPDynamics(latent, units), **solver)
+        self.readout = nn.Sequential(nn.Linear(latent, units), nn.Tanh(), nn.Linear(units, self.out_channels))
+        self.head = nn.Linear(latent, num_classes) if num_classes else None
+
+    def posterior(self, batch: SeriesBatch, t_ref: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance ``(B, latent)`` of ``q(z0 | x)`` at ``t_ref`` (default: first observation)."""
+        self._start(batch)
+        ev = merge_events(batch)
+        h, _ = self.encoder._scan(ev, reverse=True)  # the state at each series' first time
+        if t_ref is not None:
+            h = self.encoder._advance(h, batch.times[:, 0], t_ref, {})
+        mean, logvar = self.to_posterior(h).chunk(2, -1)
+        return mean, logvar.clamp(-10, 10)
+
+    def classify(self, batch: SeriesBatch) -> torch.Tensor:
+        """Class logits ``(B, num_classes)`` from the posterior mean."""
+        self._need_head()
+        return self.head(self.posterior(batch)[0])
+
+    def _t_ref(self, batch: SeriesBatch, query_times: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(batch.times[:, 0], query_times[:, 0].to(batch.times.dtype))
+
+    def decode(self, z0: torch.Tensor, t_ref: torch.Tensor, query_times: torch.Tensor) -> torch.Tensor:
+        """Predictions ``(B, Q, out)`` from ``z0`` ``(B, latent)`` at ``t_ref`` ``(B,)``: ONE solve."""
+        grid = torch.cat([t_ref[:, None], query_times.to(t_ref.dtype)], 1)  # (B, Q + 1)
+        zs = self.decoder.evolve(z0, grid)[1:]  # (Q, B, latent)
+        return self.readout(zs.transpose(0, 1))
+
+    def predict(self, batch: SeriesBatch, query_times: torch.Tensor, query_lengths=None) -> torch.Tensor:
+        """Predictions ``(B, Q, out)`` decoded from the posterior mean."""
+        t_ref = self._t_ref(batch, query_times)
+        mean, _ = self.posterior(batch, t_ref)
+        return self.decode(mean, t_ref, query_times)
+
+    def regression_loss(self, batch: SeriesBatch, target: SeriesBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(-ELBO averaged over series, mean prediction (B, Q, out))``."""
+        t_ref = self._t_ref(batch, target.times)
+        mean, logvar = self.posterior(batch, t_ref)
+        S, (B, L) = self.n_samples, mean.shape
+        std = (0.5 * logvar).exp()
+        z0 = (mean + std * torch.randn(S, B, L, dtype=mean.dtype, device=mean.device)).reshape(S * B, L)
+        pred = self.decode(z0, t_ref.repeat(S), target.times.repeat(S, 1)).view(S, B, *target.values.shape[1:])
+        m = target.mask
+        sq = ((pred - target.values) ** 2 * m).sum((2, 3))  # (S, B)
+        n = m.sum((1, 2)).clamp_min(1)
+        nll = 0.5 * sq / self.obs_std ** 2 / n + 0.5 * math.log(2 * math.pi * self.obs_std ** 2)
+        kl = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).sum(-1)  # (B,)
+        loss = (nll.mean(0) + self.kl_weight * kl).mean()
+        return loss, pred.mean(0)

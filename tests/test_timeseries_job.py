@@ -1,0 +1,55 @@
+"""Smoke tests of the ``timeseries`` job: the Python function and ``python3 -m odenet timeseries``."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import odenet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_timeseries_function_tiny(tmp_path):
+    report = odenet.timeseries(data=["JapaneseVowels", "sines"], drop=[0.3, 0.5], models=["gru_dt", "ode_rnn"],
+                               epochs=1, n_sines=24, limit_train=16, limit_test=16, out=str(tmp_path), quiet=True)
+    runs = report["runs"]
+    assert len(runs) == 2 * 2 + 2
+    keys = {"data", "task", "drop", "model", "train_time_s", "nfe_forward_per_batch", "nfe_backward_per_batch"}
+    for r in runs:
+        assert keys <= set(r)
+        assert ("test_accuracy" in r) == (r["task"] == "classification")
+        assert ("test_mse" in r) == (r["task"] == "extrapolation")
+    assert any(r["nfe_forward_per_batch"] > 0 for r in runs if r["model"] == "ode_rnn")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert len(saved["runs"]) == len(runs)
+    pngs = {p.name for p in tmp_path.glob("*.png")}
+    assert {"accuracy_vs_drop_JapaneseVowels.png", "predictions_sines_extrapolation.png"} <= pngs
+    assert "gru_dt" in report["table"]
+
+
+def test_timeseries_bad_names_before_work(tmp_path):
+    with pytest.raises(ValueError, match="JapaneseVowels"):
+        odenet.timeseries(data=["JapaneseVowel"], out=str(tmp_path / "o"), quiet=True)
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match="unknown model"):
+        odenet.timeseries(models=["lstm"], out=str(tmp_path / "o"), quiet=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        odenet.timeseries(models=["gru_dt"], out=str(tmp_path / "file"), quiet=True)
+
+
+def test_timeseries_cli_tiny(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "odenet", "timeseries", "--data", "JapaneseVowels", "--drop", "0.5",
+           "--models", "gru_d,ncde", "--epochs", "1", "--limit-train", "12", "--limit-test", "12", "--quiet",
+           "--no-plots", "--out", str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "ncde" in res.stdout and (tmp_path / "results.json").exists()
+    bad = subprocess.run(cmd[:4] + ["--data", "NoSuchSet", "--out", str(tmp_path / "x")], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=600)
+    assert bad.returncode == 2 and "not in the bundled" in bad.stderr
