@@ -18,7 +18,6 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 from tqdm import tqdm

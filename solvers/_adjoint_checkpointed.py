@@ -26,7 +26,6 @@ regardless).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
 
 import torch
 from torch.autograd.function import once_differentiable

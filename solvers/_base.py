@@ -28,7 +28,7 @@ Rules for implementers of a method (subclass of :class:`AbstractSolver`):
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 

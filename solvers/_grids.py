@@ -13,7 +13,6 @@ lies in which step) is made once from the times before the loop.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Tuple
 
 import torch

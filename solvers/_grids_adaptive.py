@@ -152,7 +152,6 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
     tn = t0
     y = y0
     n_steps = torch.zeros(B, dtype=torch.long, device=dev)
-    fsal_less = None
     code, failed_at = 0, None
     while True:
         tn_d = tn.detach()

@@ -1,7 +1,6 @@
 """Tests of odenet._io: atomic writes, safe checkpoint loading, config mismatch messages."""
 
 import csv
-import io
 import json
 import os
 import pickle

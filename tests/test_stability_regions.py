@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 import solvers
 from odenet.analysis import (axis_limit, blowup_step, stability_function, stability_region,

@@ -5,7 +5,7 @@ import torch
 
 import solvers
 from odenet.data import pad_series, periodic_sines
-from odenet.models import SERIES_MODELS, SeriesODEBlock, build_series_model, evolve
+from odenet.models import SERIES_MODELS, build_series_model, evolve
 from odenet.training import SequenceClassificationTask, SeriesRegressionTask
 import odenet
 
