@@ -61,9 +61,16 @@ FIXED_IMPLICIT_CASES = [pytest.param(n, marks=pytest.mark.xfail(strict=True, rea
                         if n in _CKPT_OPEN else n for n in FIXED_IMPLICIT]
 
 
-@pytest.mark.parametrize("root_finder", ["newton", "newton_krylov", "anderson"])
+# with Newton (the Jacobian reused across the replay) the collocation methods fail; the other
+# root finders pass for them
+_EQUALS_DIRECT_CASES = [
+    pytest.param(n, rf, marks=pytest.mark.xfail(strict=True, reason="checkpoint + collocation + newton: open bug"))
+    if (n in _CKPT_OPEN and rf == "newton") else pytest.param(n, rf)
+    for n in FIXED_IMPLICIT for rf in ("newton", "newton_krylov", "anderson")]
+
+
 @pytest.mark.parametrize("t_list", [[0.0, 0.3, 1.0, 1.5], [1.5, 1.05, 0.31, 0.0]], ids=["increasing", "decreasing"])
-@pytest.mark.parametrize("name", FIXED_IMPLICIT_CASES)
+@pytest.mark.parametrize("name, root_finder", _EQUALS_DIRECT_CASES)
 def test_fixed_step_implicit_equals_direct(name, t_list, root_finder):
     """Checkpointing replays the implicit stages exactly: the recomputed segment starts from the
     root-finder cache (Newton's Jacobian) its first run saw, so the gradient equals direct
