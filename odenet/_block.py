@@ -59,6 +59,8 @@ def _sum_stats(parts: List[solvers.Stats]) -> solvers.Stats:
     total = solvers.Stats()
     for f in dataclasses.fields(total):
         vals = [getattr(p, f.name) for p in parts]
+        if any(v is None or isinstance(v, torch.Tensor) for v in vals):
+            continue  # per-sample counters ([B] tensors, None on shared grids) are not summed across solves
         setattr(total, f.name, max(vals) if f.name.startswith("max_") else sum(vals))
     return total
 
