@@ -66,6 +66,10 @@ class AbstractSolver(abc.ABC):
     implicit: bool = False
     stage_c: Sequence[float] = (0.0,)
     option_names: tuple = ()
+    #: ``True`` when ``step`` advances one step on its own (a one-step method: it has a
+    #: stability function ``R(z)`` and can be replayed by ``gradient="checkpoint"``);
+    #: ``False`` for methods that run their own loop (multistep Adams, ``scipy_solver``)
+    one_step: bool = True
 
     def __init__(self, **options):
         unknown = sorted(set(options) - set(self.option_names))

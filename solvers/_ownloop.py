@@ -34,6 +34,7 @@ class AbstractOwnLoopSolver(AbstractSolver):
 
     #: a wrapper around an integrator outside torch (no gradients, no fixed-step order)
     external: bool = False
+    one_step = False
 
     @abc.abstractmethod
     def integrate(self, field, y0, t, cfg, stats):

@@ -40,9 +40,6 @@ def test_a4(ctx):
     assert a4(ctx).holds is True
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="D1 iterates the registry and reaches fixed_adams, an own-loop method that cannot be "
-                          "checkpointed: open bug (D1 must skip or use direct gradients for own-loop methods)")
 def test_d1_skew(ctx):
     from odenet.jobs._stab_cde import d1
 

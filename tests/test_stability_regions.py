@@ -10,7 +10,8 @@ from odenet.analysis import (axis_limit, blowup_step, stability_function, stabil
                              tableau_stability_function)
 from odenet.jobs._stab_b import CLAIMED_AXIS_LIMITS, closed_form
 
-ALL = sorted(solvers.METHODS)
+ALL = sorted(n for n, c in solvers.METHODS.items() if c.one_step)  # the methods with an R(z)
+OWN_LOOP = sorted(n for n, c in solvers.METHODS.items() if not c.one_step)
 RK = [n for n in ALL if getattr(solvers.METHODS[n], "tableau", None) is not None]
 
 
@@ -59,8 +60,6 @@ def test_b2_axis_limits(name):
         want = CLAIMED_AXIS_LIMITS[name]
     else:
         ref, _ = closed_form(name)
-        if ref is None:
-            pytest.skip("no reference R for a method without tableau")
         want = (axis_limit(ref, "real"), axis_limit(ref, "imag"))
     for ax, w in zip(("real", "imag"), want):
         got = axis_limit(name, ax)
@@ -68,6 +67,13 @@ def test_b2_axis_limits(name):
             assert got == w, (ax, got)
         else:
             assert abs(got - w) <= 1e-4 * w, (ax, got, w)
+
+
+def test_own_loop_methods_have_no_stability_function():
+    assert OWN_LOOP == ["explicit_adams", "fixed_adams", "implicit_adams", "scipy_solver"]
+    for name in OWN_LOOP:
+        with pytest.raises(ValueError, match=f"{name}' runs its own loop.*no one-step stability function"):
+            stability_function(name, [-1.0])
 
 
 def test_b2_known_values():

@@ -84,6 +84,10 @@ def stability_function(method: MethodLike, z, **options) -> np.ndarray:
     True
     """
     m = resolve_method(method, **options)
+    if not m.one_step:
+        raise ValueError(f"method {m.name!r} runs its own loop (a multistep method or an external integrator), "
+                         "so it has no one-step stability function R(z); measure a one-step method "
+                         "(solvers.METHODS entries with one_step=True)")
     zz = np.asarray(z, dtype=np.complex128)
     rate = torch.as_tensor(zz.reshape(-1, 1))  # (N, 1): one unknown per sample, batched
     y1 = _linear_step(m, rate, torch.ones_like(rate))

@@ -1,7 +1,8 @@
 """CLAIMS.md section B: stability functions, axis limits, implicit methods, step-size limits.
 
-Every registered method of :data:`solvers.METHODS` is measured through its own ``step``
-(:func:`odenet.analysis.stability_function`). The reference is the closed form of
+Every registered one-step method of :data:`solvers.METHODS` is measured through its own
+``step`` (:func:`odenet.analysis.stability_function`); methods that run their own loop
+(multistep Adams, ``scipy_solver``: ``one_step = False``) have no ``R(z)`` and are left out. The reference is the closed form of
 CLAIMS.md where it names the method, else the method's own Butcher tableau
 (``R(z) = 1 + z b^T (I - zA)^{-1} 1``); a method with neither is reported, not judged.
 """
@@ -18,7 +19,7 @@ import solvers
 from ..analysis import (axis_limit, blowup_step, stability_function, tableau_rounding_scale,
                         tableau_stability_function)
 from ._claims import Claim
-from ._stab_common import Context, num
+from ._stab_common import Context, num, one_step_methods
 
 __all__ = ["MEASURES", "closed_form", "CLAIMED_AXIS_LIMITS"]
 
@@ -93,7 +94,7 @@ def b1(ctx: Context) -> Claim:
     x, y, z = _grid(ctx.full)
     expected, measured, tol, holds, coefs, sources = {}, {}, {}, True, {}, {}
     regions = {}
-    for name, cls in solvers.METHODS.items():
+    for name, cls in one_step_methods().items():
         ctx.tick(f"B1 {name}")
         ref, src = closed_form(name)
         r_meas = stability_function(name, z)
@@ -145,7 +146,7 @@ def b1(ctx: Context) -> Claim:
 
 def b2(ctx: Context) -> Claim:
     expected, measured, holds = {}, {}, True
-    for name, cls in solvers.METHODS.items():
+    for name, cls in one_step_methods().items():
         ctx.tick(f"B2 {name}")
         meas = {ax: axis_limit(name, ax) for ax in ("real", "imag")}
         if name in CLAIMED_AXIS_LIMITS:
@@ -182,7 +183,7 @@ def b3(ctx: Context) -> Claim:
     xs = -np.geomspace(1e-3, 1e6, 400)
     ys = 1j * np.geomspace(1e-3, 1e6, 400)
     expected, measured, holds, per = {}, {}, True, {}
-    for name, cls in solvers.METHODS.items():
+    for name, cls in one_step_methods().items():
         if not cls.implicit:
             continue
         ctx.tick(f"B3 {name}")
@@ -229,7 +230,7 @@ def b3(ctx: Context) -> Claim:
 def b4(ctx: Context) -> Claim:
     problems = {"y'=-y": [-1.0], "diag(-1,-10,-100)": [-1.0, -10.0, -100.0]}
     expected, measured, holds = {}, {}, True
-    for name, cls in solvers.METHODS.items():
+    for name, cls in one_step_methods().items():
         if cls.implicit:
             continue
         ctx.tick(f"B4 {name}")

@@ -14,7 +14,7 @@ from .._block import ODEBlock
 from ..analysis import lipschitz_ratio, stability_function
 from ..fields import ParabolicMLPField
 from ._claims import Claim
-from ._stab_common import Context, rel
+from ._stab_common import Context, one_step_methods, rel
 
 __all__ = ["MEASURES", "LinearField"]
 
@@ -38,7 +38,7 @@ class LinearField(nn.Module):
 
 
 def _fixed_methods():
-    return [n for n, c in solvers.METHODS.items() if not c.adaptive]
+    return list(one_step_methods(fixed_only=True))
 
 
 # ----------------------------------------------------------------------------- C1

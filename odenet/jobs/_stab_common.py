@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict
 import numpy as np
 import torch
 
-__all__ = ["Context", "rel", "num", "exact_normalise"]
+__all__ = ["Context", "rel", "num", "exact_normalise", "one_step_methods"]
 
 
 @dataclass
@@ -40,6 +40,14 @@ class Context:
     def manual_seed(self, salt: int) -> None:
         """Seed torch's global generator (module initialisation) from ``seed`` and ``salt``."""
         torch.manual_seed(1000 * self.seed + salt)
+
+
+def one_step_methods(fixed_only: bool = False) -> dict:
+    """The registered methods with a single step (``one_step``), which have a stability
+    function ``R(z)``: multistep Adams and ``scipy_solver`` run their own loop and are left out."""
+    import solvers
+
+    return {n: c for n, c in solvers.METHODS.items() if c.one_step and not (fixed_only and c.adaptive)}
 
 
 def rel(a, b) -> float:
