@@ -147,7 +147,7 @@ class EventTracker:
             self.active = self.active & ~cross
             self.n_active -= int(cross.sum()) if self.batched else 1
             if self.n_active == 0:
-                self.stopped_at = float(u_e.max()) if self.batched else float(u_e)
+                self.stopped_at = float(u_e.detach().max())
                 return True
         return False
 
