@@ -72,8 +72,8 @@ def odeint_until_event(func, y0, t, event_fn, *, rtol, atol, method, options, ad
     y = y0
     if adjoint is None and t0.requires_grad:
         # d y(t_e) / d t0 = -Phi f(t0, y0): start from y0 shifted along f, on detached times
-        f0 = func(t0, y0)
-        shift = t0 - t0.detach()
+        f0 = func(t0, y0)  # t0 = t[0]: a 0-dim tensor, as every time the field receives
+        shift = (t0 - t0.detach()).to(y0[0].dtype if tup else y0.dtype)
         y = tuple(p - q.detach() * shift for p, q in zip(y0, f0)) if tup else y0 - f0.detach() * shift
     start, H, steps = t0v, abs(t1v - t0v), 0
     with torch.set_grad_enabled(torch.is_grad_enabled() and adjoint is None):

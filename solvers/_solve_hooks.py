@@ -28,6 +28,8 @@ class SolveHooks:
             raise ValueError(f"{what} is not supported on a per-sample `t` of shape [B, T]; use a shared 1-D `t`")
         if getattr(prob.method, "integrate", None) is not None:
             raise ValueError(f"{what} needs a method of the shared loop; {prob.method.name!r} runs its own loop. Use e.g. 'dopri5', 'tsit5', 'rk4' or 'kvaerno5'")
+        if prob.t.requires_grad:
+            raise ValueError(f"{what} needs a `t` that does not require grad (the recorded interpolants are not differentiated with respect to the grid); pass t.detach(), or use odeint_event for gradients with respect to t0")
         if gradient != "direct":
             raise ValueError(f"{what} needs gradient='direct' (the recorded steps carry the graph); got gradient={gradient!r}. For adjoint gradients of an event use odeint_adjoint(..., event_fn=...)")
         if events is not None and not isinstance(events, Event):

@@ -215,6 +215,14 @@ def test_unbatched_non_terminal_and_padding():
     assert torch.allclose(sol.event_t[1], torch.tensor([math.pi / 2 - 1, 3 * math.pi / 2 - 1], dtype=F64), atol=1e-8, rtol=0)
 
 
+def test_float32_state():
+    hs = torch.tensor([1.0, 2.0])
+    y0 = torch.stack([hs, torch.zeros(2)], dim=1)  # float32 state, float64 time
+    sol = solvers.solve(ball(G), y0, torch.tensor([0.0, 1.0], dtype=F64), events=lambda t, y: y[:, 0], rtol=1e-6, atol=1e-6)
+    assert sol.event_y.dtype == torch.float32
+    assert torch.allclose(sol.event_t, torch.sqrt(2 * hs.double() / G), atol=1e-6, rtol=0)
+
+
 # --------------------------------------------------------------------------- the interpolant
 
 
@@ -253,6 +261,8 @@ def test_bad_input_is_refused_by_name():
         solvers.solve(f, y0, t, events=lambda t, y: y[0], method="explicit_adams")
     with pytest.raises(ValueError, match=r"per-sample `t`"):
         solvers.solve(ball(G), torch.zeros(2, 2, dtype=F64), torch.tensor([[0.0, 1.0], [0.0, 2.0]], dtype=F64), events=lambda t, y: y[:, 0])
+    with pytest.raises(ValueError, match="require grad"):
+        solvers.solve(f, y0, t.clone().requires_grad_(True), events=lambda t, y: y[0])
     with pytest.raises(ValueError, match="length 2"):
         solvers.odeint(f, y0, torch.tensor([0.0, 1.0, 2.0], dtype=F64), event_fn=lambda t, y: y[0])
     with pytest.raises(ValueError, match="step_size"):
