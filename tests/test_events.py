@@ -215,6 +215,18 @@ def test_unbatched_non_terminal_and_padding():
     assert torch.allclose(sol.event_t[1], torch.tensor([math.pi / 2 - 1, 3 * math.pi / 2 - 1], dtype=F64), atol=1e-8, rtol=0)
 
 
+def test_solve_backwards_in_time():
+    """y' = -y from y(0) = 1 towards t = -3, per sample until y = 2 or y = 4: t = -ln 2, -ln 4."""
+    level = torch.tensor([2.0, 4.0, 100.0], dtype=F64)
+    t = torch.linspace(0.0, -3.0, 7, dtype=F64)
+    sol = solvers.solve(lambda t, y: -y, torch.ones(3, 1, dtype=F64), t, events=solvers.Event(lambda t, y: y[:, 0] - level, direction=1),
+                        rtol=1e-10, atol=1e-12, dense=True)
+    assert sol.event_mask.tolist() == [True, True, False]
+    assert torch.allclose(sol.event_t[:2], -torch.log(level[:2]), atol=1e-9, rtol=0)
+    assert torch.allclose(sol.ys[-1, :, 0], torch.tensor([2.0, 4.0, math.exp(3.0)], dtype=F64), atol=1e-8, rtol=0)  # frozen, frozen, free
+    assert torch.allclose(sol.evaluate(-1.0)[:, 0], torch.tensor([2.0, math.e, math.e], dtype=F64), atol=1e-8, rtol=0)
+
+
 def test_float32_state():
     hs = torch.tensor([1.0, 2.0])
     y0 = torch.stack([hs, torch.zeros(2)], dim=1)  # float32 state, float64 time
