@@ -90,8 +90,9 @@ def lagrange(Y: torch.Tensor, theta: torch.Tensor, deriv: bool = False) -> torch
 class EventTracker:
     """The ``on_accept`` hook of a solve with one :class:`Event` (see the module docstring)."""
 
-    def __init__(self, event: Event, method, y0: torch.Tensor, t0: float, reverse: bool, shapes, tdtype):
+    def __init__(self, event: Event, method, y0: torch.Tensor, t0: float, reverse: bool, shapes, tdtype, stats=None):
         self.event, self.method, self.shapes, self.reverse = event, method, shapes, reverse
+        self.stats = stats  # counts the event function's calls (``Stats.n_event_evals``)
         self.tdtype, self.device = tdtype, y0.device
         with torch.no_grad():
             g0 = event.fn(torch.tensor(-t0 if reverse else t0, dtype=tdtype, device=self.device), self._user_y(y0))
@@ -120,6 +121,8 @@ class EventTracker:
     def _g(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.batched and u.ndim == 0:
             u = u.expand(self.B)
+        if self.stats is not None:
+            self.stats.n_event_evals += 1
         return self.event.fn(self._user_t(u), self._user_y(y))
 
     def __call__(self, res, tn: float, t1: float, get_f1) -> bool:

@@ -59,6 +59,8 @@ class Stats:
     n_accepted: int = 0
     n_rejected: int = 0
     n_initial_step_evals: int = 0
+    #: calls of an event function (``solve(..., events=...)``): one per accepted step plus root location
+    n_event_evals: int = 0
     # implicit methods
     n_root_iters: int = 0
     max_root_iters: int = 0

@@ -38,7 +38,7 @@ class SolveHooks:
             events = Event(events)
         self.prob, self.ift = prob, ift
         u0 = float(prob.t[0])
-        self.tracker = EventTracker(events, prob.method, prob.y0, u0, prob.reverse, prob.shapes, prob.t.dtype) if events is not None else None
+        self.tracker = EventTracker(events, prob.method, prob.y0, u0, prob.reverse, prob.shapes, prob.t.dtype, prob.stats) if events is not None else None
         self.rec = DenseRecorder() if dense else None
         rec, tracker = self.rec, self.tracker
 

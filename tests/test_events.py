@@ -39,6 +39,7 @@ def test_drop_time_closed_form():
     assert abs(float(sol.event_t) - math.sqrt(2 * H / G)) < 1e-12
     assert abs(float(sol.event_y[0])) < 1e-10 and abs(float(sol.event_y[1]) + math.sqrt(2 * G * H)) < 1e-10
     assert sol.ts.tolist() == [0.0]  # the solve ended at the event: outputs after it are dropped
+    assert sol.stats.n_event_evals > sol.stats.n_accepted  # one per step, plus root location
 
 
 @pytest.mark.parametrize("method,options", [("dopri5", None), ("tsit5", None), ("rk4", dict(step_size=0.1)), ("trapezoid", dict(step_size=0.1)),
