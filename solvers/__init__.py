@@ -6,6 +6,9 @@ Two doors onto one engine: :func:`odeint` (torchdiffeq-compatible) and :func:`so
 
 from ._api import GRADIENT_MODES, odeint, register_gradient_mode, solve
 from ._adjoint import odeint_adjoint
+from ._dense import odeint_dense
+from ._event_odeint import odeint_event
+from ._events import Event
 from . import _checkpoint  # noqa: F401  (registers gradient="checkpoint")
 from . import _adjoint_checkpointed  # noqa: F401  (registers gradient="checkpointed_adjoint")
 from ._adjoint_rebuild import DEFAULT_REBUILD_TOL
@@ -38,6 +41,9 @@ __all__ = [
     "odeint",
     "odeint_adjoint",
     "solve",
+    "odeint_event",
+    "odeint_dense",
+    "Event",
     "METHODS",
     "get_method",
     "register_method",

@@ -300,6 +300,7 @@ def odeint_adjoint(
     adjoint_options: Optional[dict] = None,
     adjoint_params=None,
     adjoint_mode: str = "rebuild",
+    event_fn: Optional[Callable] = None,
 ):
     """``odeint`` whose gradients come from the continuous adjoint (O(1) memory in steps).
 
@@ -331,6 +332,12 @@ def odeint_adjoint(
         memory) and each backward step restarts from one, which stays accurate on
         dissipative fields where the rebuilt state is wrong (``gradient="checkpointed_adjoint"``).
 
+    event_fn : callable, optional
+        torchdiffeq's event mode, as in :func:`solvers.odeint`: returns ``(event_t,
+        solution)``. The event is located without a graph, then the states at ``[t0,
+        event_t]`` come from an adjoint solve (gradients to ``y0``, ``t0`` and the parameters
+        at the fixed event time; :func:`solvers.odeint_event` adds those of ``event_t``).
+
     Returns
     -------
     Tensor or tuple of Tensor
@@ -355,6 +362,11 @@ def odeint_adjoint(
     modes = {"rebuild": "adjoint", "checkpointed": "checkpointed_adjoint"}
     if adjoint_mode not in modes:
         raise ValueError(f"`adjoint_mode` must be 'rebuild' or 'checkpointed', got {adjoint_mode!r}")
+    if event_fn is not None:
+        from ._event_odeint import odeint_until_event
+
+        adj = dict(adjoint_rtol=adjoint_rtol, adjoint_atol=adjoint_atol, adjoint_method=adjoint_method, adjoint_options=adjoint_options, adjoint_params=adjoint_params, adjoint_mode=adjoint_mode)
+        return odeint_until_event(func, y0, t, event_fn, rtol=rtol, atol=atol, method=method, options=options, adjoint=adj)
     gopts = {"rtol": adjoint_rtol, "atol": adjoint_atol, "method": adjoint_method, "options": adjoint_options}
     sol = solve(
         func, y0, t, method="dopri5" if method is None else method, rtol=rtol, atol=atol, options=options,

@@ -208,7 +208,7 @@ def make_problem(func, y0, t, *, method, rtol, atol, options, params=None) -> Pr
     return Problem(func, field, y0_flat, tf, method, cfg, stats, shapes, reverse, params, rtol, atol, options)
 
 
-def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, options: Optional[dict] = None, gradient: str = "direct", raise_on_failure: bool = True, params=None, gradient_options: Optional[dict] = None) -> Solution:
+def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, options: Optional[dict] = None, gradient: str = "direct", raise_on_failure: bool = True, params=None, gradient_options: Optional[dict] = None, events=None, dense: bool = False) -> Solution:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` and return a :class:`Solution`.
 
     Parameters
@@ -240,6 +240,12 @@ def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, optio
         Options of the gradient mode: for ``"adjoint"`` the backward solve's ``rtol``,
         ``atol``, ``method`` and ``options`` (e.g. ``{"norm": "seminorm"}``); for
         ``"checkpoint"`` the number of ``checkpoints``. See ``docs/gradients.md``.
+    events : Event or callable, optional
+        Locate zero crossings of ``fn(t, y)`` (per sample for a ``[B]`` output) on the
+        method's dense output; terminal events stop their sample. Sets ``sol.event_t``,
+        ``sol.event_y``, ``sol.event_mask``. See ``docs/events.md``.
+    dense : bool
+        Keep every step's interpolant, for ``sol.evaluate(t)`` anywhere in the solved span.
 
     Returns
     -------
@@ -253,8 +259,14 @@ def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, optio
         raise TypeError(f"`gradient_options` must be a dict, got {type(gradient_options).__name__}")
     prob = make_problem(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, params=params)
     prob.gradient_options = dict(gradient_options or {})
+    hooks = None
+    if events is not None or dense is not False:
+        from ._solve_hooks import SolveHooks
+
+        hooks = SolveHooks(prob, events, dense, gradient)
     outcome = GRADIENT_MODES[gradient](prob)
-    return finish(prob, outcome, t if isinstance(t, torch.Tensor) else prob.t, raise_on_failure)
+    sol = finish(prob, outcome, t if isinstance(t, torch.Tensor) else prob.t, raise_on_failure)
+    return sol if hooks is None else hooks.finish(sol)
 
 
 def finish(prob: Problem, outcome: Outcome, t_user, raise_on_failure: bool) -> Solution:
@@ -275,10 +287,17 @@ def finish(prob: Problem, outcome: Outcome, t_user, raise_on_failure: bool) -> S
     return sol
 
 
-def odeint(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method: Optional[str] = None, options: Optional[dict] = None):
+def odeint(func: Callable, y0, t, *, rtol=1e-7, atol=1e-9, method: Optional[str] = None, options: Optional[dict] = None, event_fn: Optional[Callable] = None):
     """Integrate ``dy/dt = func(t, y)``: a drop-in replacement for ``torchdiffeq.odeint``.
 
     Same signature, method names, option names and output (``[len(t), *y0.shape]``, or a
     tuple of such for tuple states). Numerical failure raises a :class:`SolverError`.
+    With ``event_fn(t, y)`` (torchdiffeq's event mode) ``t`` holds ``[t0, t1]`` (only
+    ``t0`` and the direction are used), the solve runs until ``event_fn`` crosses zero and
+    ``(event_t, solution)`` is returned, ``solution`` holding the states at ``[t0, event_t]``.
     """
+    if event_fn is not None:
+        from ._event_odeint import odeint_until_event
+
+        return odeint_until_event(func, y0, t, event_fn, rtol=rtol, atol=atol, method=method, options=options)
     return solve(func, y0, t, method="dopri5" if method is None else method, rtol=rtol, atol=atol, options=options).ys

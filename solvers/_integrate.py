@@ -43,6 +43,10 @@ class LoopConfig:
     #: When a list, the loop appends the end time of every accepted step (as a float, after
     #: the start time ``t[0]``), so a gradient mode can replay the exact discretisation.
     record: Optional[list] = None
+    #: When set, ``on_accept(res, t0, t1, get_f1)`` runs after every accepted step (floats
+    #: in the loop's time); returning True ends the solve after that step's outputs
+    #: (events and dense output, :mod:`solvers._events`, :mod:`solvers._dense`).
+    on_accept: Optional[Callable] = None
 
 
 @dataclasses.dataclass
@@ -297,6 +301,10 @@ def _fixed_loop(field, y0, t, method, cfg, stats, tl, gl, hs, step_ts, ends, tra
             j += 1
         y = res.y1
         f0 = None if cfg.perturb else f1
+        if cfg.on_accept is not None and cfg.on_accept(res, gl[i], t1, _f1_getter(field, ends[i + 1], res, f1)):
+            stats.n_steps += i + 1
+            stats.n_accepted += i + 1
+            return Outcome(outs)
     stats.n_steps += n
     stats.n_accepted += n
     return Outcome(outs)
@@ -314,6 +322,18 @@ def _tracked_grid(t: torch.Tensor, gl: list, from_t: bool) -> torch.Tensor:
     start, end = t64[0], t64[-1]
     offs = torch.tensor([g - gl[0] for g in gl[1:-1]], dtype=torch.float64, device=t.device)
     return torch.cat([start.reshape(1), start + offs, end.reshape(1)])
+
+
+def _f1_getter(field, t1, res: StepResult, f1):
+    """``get_f1`` for the fixed loop's ``on_accept``: ``f(t1, y1)``, evaluated once if needed."""
+    cache = [f1 if f1 is not None else res.f1]
+
+    def get_f1():
+        if cache[0] is None:
+            cache[0] = field(t1, res.y1)
+        return cache[0]
+
+    return get_f1
 
 
 def method_hermite(res: StepResult, theta, f1):
@@ -436,6 +456,8 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
             if j < len(tl) and tl[j] == t1:
                 outs.append(res.y1)
                 j += 1
+            if cfg.on_accept is not None and cfg.on_accept(res, tn, t1, get_f1):
+                return Outcome(outs)
             tn, y, abs_y = t1, res.y1, abs_y1
             if track:
                 T_n = T1

@@ -59,6 +59,8 @@ class Stats:
     n_accepted: int = 0
     n_rejected: int = 0
     n_initial_step_evals: int = 0
+    #: calls of an event function (``solve(..., events=...)``): one per accepted step plus root location
+    n_event_evals: int = 0
     # implicit methods
     n_root_iters: int = 0
     max_root_iters: int = 0
@@ -113,6 +115,10 @@ class Solution:
         A human-readable account including, on failure, the time where it happened.
     t_fail : float or None
         The time at which the solve failed.
+    event_t, event_y, event_mask : Tensor or None
+        With ``solve(..., events=...)``: the event times, the states there and which entries
+        fired (see ``docs/events.md``); ``None`` otherwise. ``event_t`` carries
+        implicit-function-theorem gradients.
     """
 
     ys: Any
@@ -121,6 +127,21 @@ class Solution:
     stats: Stats
     message: str = ""
     t_fail: Optional[float] = None
+    event_t: Optional[torch.Tensor] = None
+    event_y: Any = None
+    event_mask: Optional[torch.Tensor] = None
+    dense: Any = dataclasses.field(default=None, repr=False)
+
+    def evaluate(self, t):
+        """The method's own interpolant at ``t`` (a float, 0-dim or 1-D tensor) in the solved span.
+
+        Needs ``solve(..., dense=True)``. Returns the state shape (0-dim ``t``) or
+        ``[len(t), *state]``; differentiable with respect to ``y0``, the field's parameters
+        and ``t``. A time outside the span raises ``ValueError``.
+        """
+        if self.dense is None:
+            raise ValueError("this Solution has no dense output; solve with `dense=True` to call evaluate()")
+        return self.dense.evaluate(t)
 
     @property
     def success(self) -> bool:
