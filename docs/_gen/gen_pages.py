@@ -45,8 +45,12 @@ with mkdocs_gen_files.open("benchmarks/index.md", "w") as fh:
     fh.write((bench / "README.md").read_text(encoding="utf-8"))
 bench_nav = ["* [Overview](index.md)"]
 for f in sorted((bench / "results").iterdir()):
+    data = f.read_bytes()
+    png = f.with_suffix(".png")
+    if f.suffix == ".md" and png.exists() and png.name.encode() not in data:
+        data += f"\n\n![{png.stem}]({png.name})\n".encode()  # the result's plot, on its page
     with mkdocs_gen_files.open(f"benchmarks/results/{f.name}", "wb") as fh:
-        fh.write(f.read_bytes())
+        fh.write(data)
     if f.suffix == ".md":
         title = f.read_text(encoding="utf-8").splitlines()[0].lstrip("# ").split(":")[0]
         bench_nav.append(f"* [{title}](results/{f.name})")
