@@ -44,7 +44,8 @@ for method in ("radau5", "kvaerno5", "dopri5"):
     sol = solvers.solve(robertson, y0, t, method=method, rtol=1e-6, atol=1e-10, options=opts, raise_on_failure=False)
     results[method] = sol
     print(f"{method:9s} status {sol.status.name:20s} steps {sol.stats.n_accepted:6d} "
-          f"rejected {sol.stats.n_rejected:5d} f-evals {sol.stats.n_f_evals:7d}")
+          f"rejected {sol.stats.n_rejected:5d} f-evals {sol.stats.n_f_evals:7d}"
+          + (f"  (stopped at t = {sol.t_fail:.3g})" if sol.t_fail is not None else ""))
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -57,6 +58,6 @@ ax1.legend()
 ax2.bar(list(results), [r.stats.n_f_evals for r in results.values()], color=["C2", "C2", "C3"])
 ax2.set_yscale("log")
 ax2.set_ylabel("function evaluations")
-ax2.set_title(f"work to reach t = {t_end:g}")
+ax2.set_title("work (red: did not reach the end)" if results["dopri5"].t_fail is not None else f"work to reach t = {t_end:g}")
 fig.tight_layout()
 plt.show()
