@@ -115,7 +115,7 @@ def rows() -> List[dict]:
 
 def markdown(rows_: List[dict]) -> str:
     """The table: each method name links to its class in the API reference."""
-    head = ("| method | order | embedded order | adaptive | implicit | stages | dense-output order "
+    head = ("| method | order | embedded order | adaptive | implicit | stages | dense output "
             "| real stability interval |\n|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows_:
