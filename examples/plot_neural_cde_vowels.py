@@ -22,13 +22,13 @@ torch.manual_seed(0)
 data = odenet.load_uea("JapaneseVowels").dropped(0.3, seed=0)
 train, y_train = data.train, data.y_train
 if QUICK:  # a subset keeps the quick mode under a few seconds
-    keep = torch.randperm(len(train))[:120]
+    keep = torch.randperm(len(train))[:90]
     train, y_train = train.index(keep), y_train[keep]
 print(f"{len(train)} training series, {train.channels} channels, {data.num_classes} classes")
 
 model = odenet.NeuralCDE(train.channels, hidden=16, num_classes=data.num_classes, units=32)
 opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-epochs, batch = (6, 40) if QUICK else (30, 32)
+epochs, batch = (5, 45) if QUICK else (30, 32)
 losses = []
 for epoch in range(epochs):
     perm = torch.randperm(len(train))

@@ -62,7 +62,7 @@ class ODEFunc(nn.Module):
 
 func = ODEFunc()
 optimizer = torch.optim.RMSprop(func.parameters(), lr=1e-3)
-niters = 150 if QUICK else 2000
+niters = 100 if QUICK else 2000
 for itr in range(1, niters + 1):
     optimizer.zero_grad()
     batch_y0, batch_t, batch_y = get_batch()
