@@ -49,6 +49,7 @@ class Problem:
 
 
 GRADIENT_MODES: Dict[str, Callable[[Problem], Outcome]] = {}
+"""``solve(..., gradient=name)`` name -> runner (filled by :func:`register_gradient_mode`)."""
 
 
 def register_gradient_mode(name: str, runner: Callable[[Problem], Outcome]) -> None:

@@ -12,6 +12,7 @@ from ._methods_fixed import RK4, Euler, Heun2, Heun3, Midpoint, RK4Classic
 __all__ = ["METHODS", "register_method", "get_method"]
 
 METHODS: Dict[str, Type[AbstractSolver]] = {}
+"""Every method by name: ``method=`` name -> method class (filled by :func:`register_method`)."""
 
 
 def register_method(cls: Type[AbstractSolver]) -> Type[AbstractSolver]:
@@ -25,6 +26,20 @@ def register_method(cls: Type[AbstractSolver]) -> Type[AbstractSolver]:
 
 
 def get_method(name: str) -> Type[AbstractSolver]:
+    """The method class registered under ``name``.
+
+    Raises
+    ------
+    TypeError
+        If ``name`` is not a string.
+    ValueError
+        If no method has that name; the message lists the valid ones.
+
+    Examples
+    --------
+    >>> get_method("dopri5").order
+    5
+    """
     if not isinstance(name, str):
         raise TypeError(f"`method` must be a method name (str) or an AbstractSolver instance, got {type(name).__name__}")
     try:

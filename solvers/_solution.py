@@ -160,18 +160,26 @@ class SolverError(RuntimeError):
 
 
 class NonFiniteStateError(SolverError):
+    """The state or the error estimate became NaN or infinite."""
+
     status = Status.NON_FINITE
 
 
 class StepSizeUnderflowError(SolverError):
+    """The adaptive step size fell below ``min_step`` or the resolution of ``t``."""
+
     status = Status.STEP_SIZE_UNDERFLOW
 
 
 class MaxStepsError(SolverError):
+    """The solve took ``max_steps`` steps without reaching the last time."""
+
     status = Status.MAX_STEPS
 
 
 class RootFinderError(SolverError):
+    """The nonlinear solve of an implicit step did not converge."""
+
     status = Status.ROOT_FINDER
 
 

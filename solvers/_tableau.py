@@ -97,6 +97,8 @@ class ButcherTableau:
     a_extra, c_extra : optional
         Rows and times of extra stages used only by the dense output.
 
+    Notes
+    -----
     Derived attributes: ``stages``, ``explicit`` (``a`` strictly lower triangular), ``fsal``
     (the last stage is evaluated at the propagated solution, so it is the next step's
     first stage).

@@ -111,6 +111,7 @@ def check_model_matches_data(model: nn.Module, data: DataBundle) -> None:
 
 
 FIELDS = ("parabolic", "unconstrained")
+"""Kinds of shared vector field the views can be built on (``--field`` of ``odenet compare``)."""
 
 
 #: The parabolic field's default ``expansion``: with the views' 4 steps over [0, 1],
