@@ -21,7 +21,7 @@ __all__ = ["solve", "odeint", "Problem", "GRADIENT_MODES", "register_gradient_mo
 
 _FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "interp"}
 _ADAPTIVE_OPTIONS = {"first_step", "min_step", "max_step", "norm", "jump_t", "step_t", "safety", "ifactor", "dfactor", "controller", "pcoeff", "icoeff", "dtype"}
-_COMMON_OPTIONS = {"max_num_steps", "check_finite"}
+_COMMON_OPTIONS = {"max_num_steps", "check_finite", "time_dtype"}
 
 
 @dataclasses.dataclass
@@ -90,7 +90,7 @@ def _times(name, v, reverse) -> tuple:
 
 
 def _build_config(method: AbstractSolver, options: dict, rtol, atol, shapes, reverse: bool, y0) -> LoopConfig:
-    cfg = LoopConfig(rtol=rtol, atol=atol)
+    cfg = LoopConfig(rtol=rtol, atol=atol, reverse=reverse)
     allowed = _COMMON_OPTIONS | (_ADAPTIVE_OPTIONS if method.adaptive else _FIXED_OPTIONS)
     for key in options:
         if key not in allowed:
@@ -200,7 +200,7 @@ def make_problem(func, y0, t, *, method, rtol, atol, options, params=None) -> Pr
     rtol = check_tol("rtol", rtol, y0_flat, shapes)
     atol = check_tol("atol", atol, y0_flat, shapes)
     stats = Stats()
-    field = VectorField(func, y0_flat, shapes, stats, reverse=reverse, tols=(rtol, atol), params=params)
+    field = VectorField(func, y0_flat, shapes, stats, reverse=reverse, tols=(rtol, atol), params=params, time_dtype=options.get("time_dtype"))
     cfg = _build_config(method, options, rtol, atol, shapes, reverse, y0_flat)
     if batched:
         _check_batched_config(method, cfg, options)
@@ -215,7 +215,9 @@ def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, optio
     ----------
     func : callable
         ``func(t, y)`` returning ``dy/dt`` shaped like ``y`` (a tuple for tuple states).
-        ``t`` arrives as a 0-dim tensor in ``t``'s dtype.
+        ``t`` arrives as a 0-dim tensor (``[B]`` on a per-sample grid) in the state's real
+        dtype, as in torchdiffeq; ``options={"time_dtype": torch.float64}`` hands it in
+        float64 instead. Step-size control runs in float64 either way.
     y0 : Tensor or tuple of Tensor
         Initial state, any shape; float32/float64/complex64/complex128.
     t : Tensor
@@ -225,7 +227,7 @@ def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, optio
     rtol, atol : float or Tensor
         Tolerances of adaptive methods (per component if tensors).
     options : dict, optional
-        Loop options (``step_size``, ``first_step``, ``max_num_steps``, ...) and the method's
+        Loop options (``step_size``, ``first_step``, ``max_num_steps``, ``time_dtype``, ...) and the method's
         own options (e.g. ``root_finder`` for implicit methods). Unknown keys raise.
     gradient : {"direct", "adjoint", "checkpoint"}
         How gradients flow: backprop through the steps, the continuous adjoint, or the
@@ -254,7 +256,7 @@ def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, optio
     prob = make_problem(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, params=params)
     prob.gradient_options = dict(gradient_options or {})
     outcome = GRADIENT_MODES[gradient](prob)
-    return finish(prob, outcome, t if isinstance(t, torch.Tensor) else prob.t, raise_on_failure)
+    return finish(prob, outcome, t if isinstance(t, torch.Tensor) else (-prob.t if prob.reverse else prob.t), raise_on_failure)
 
 
 def finish(prob: Problem, outcome: Outcome, t_user, raise_on_failure: bool) -> Solution:

@@ -124,8 +124,10 @@ class IController(PIController):
         super().__init__(pcoeff=0.0, icoeff=1.0, safety=safety, ifactor=ifactor, dfactor=dfactor)
 
 
-def initial_step(func: Callable, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol, atol, norm: Callable, make_t: Callable, direction_span: float) -> float:
-    """Hairer's starting step (Hairer, Nørsett & Wanner I, II.4): one extra evaluation."""
+def initial_step(func: Callable, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol, atol, norm: Callable, make_t: Callable, direction_span: float, t_shown=None) -> float:
+    """Hairer's starting step (Hairer, Nørsett & Wanner I, II.4): one extra evaluation.
+
+    ``t_shown``: ``t0`` as the user sees it (negated for decreasing time), for messages."""
     with torch.no_grad():
         scale = atol + torch.abs(y0) * rtol
         d0, d1 = (float(v) for v in torch.stack([norm(y0 / scale).real, norm(f0 / scale).real]).tolist())
@@ -136,7 +138,8 @@ def initial_step(func: Callable, t0: float, y0: torch.Tensor, f0: torch.Tensor, 
         if not math.isfinite(d1):
             from ._solution import NonFiniteStateError
 
-            raise NonFiniteStateError(f"the vector field is non-finite at the initial time t={t0:.6g} (finite y0)", t=t0)
+            ts = t0 if t_shown is None else t_shown
+            raise NonFiniteStateError(f"the vector field is non-finite at the initial time t={ts:.6g} (finite y0)", t=ts)
         h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
         h0 = min(h0, direction_span)
         y1 = y0 + h0 * f0

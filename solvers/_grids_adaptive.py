@@ -258,7 +258,7 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
         Status.NON_FINITE: f"sample {b} became non-finite",
     }[status]
     more = f" ({len(bad)} samples failed: {bad[:5]})" if len(bad) > 1 else ""
-    return Outcome(ys[:reached], status, tb, f"{what}, stopped at t={tb:.6g}{more}", sample=b)
+    return Outcome(ys[:reached], status, tb, f"{what}, stopped at t={-tb if cfg.reverse else tb:.6g}{more}", sample=b)
 
 
 def _has_batch_ratio(method) -> bool:
