@@ -142,8 +142,9 @@ def _state_func(func: Callable, shapes, time_dtype=None) -> Callable:
     return flat
 
 
-def _make_norm(spec, state_norm: Callable):
-    """The backward solve's error norm over the augmented parts ``(y, a, *a_params)``."""
+def _make_norm(spec, state_norm: Callable, shapes=None):
+    """The backward solve's error norm over the augmented parts ``(y, a, *a_params)``
+    (``shapes``: those of a tuple forward state, whose parts a custom norm receives)."""
     if spec == "seminorm":
         return lambda parts: torch.maximum(state_norm(parts[0]), state_norm(parts[1]))
 
@@ -156,8 +157,25 @@ def _make_norm(spec, state_norm: Callable):
     if spec is None:
         return mixed
     if callable(spec):
-        return spec
+        return _torchdiffeq_norm(spec, shapes)
     raise ValueError(f"adjoint option `norm` must be 'seminorm', None or callable(parts) -> scalar, got {spec!r}")
+
+
+def _torchdiffeq_norm(user: Callable, shapes) -> Callable:
+    """A custom adjoint norm called as torchdiffeq calls it: with one tuple
+    ``(adj_t, y, adj_y, *adj_params)``, or ``(adj_t, *y_parts, *adj_y_parts, *adj_params)``
+    for a tuple state. ``adj_t`` is torchdiffeq's time-adjoint component; odenet does not
+    integrate it (``dL/dt`` comes from exact identities), so it is a 0-dim zero: what
+    torchdiffeq holds there when ``t`` does not require grad."""
+
+    def norm(parts):
+        y, a, *a_p = parts
+        adj_t = y.new_zeros(())
+        if shapes is None:
+            return user((adj_t, y, a, *a_p))
+        return user((adj_t, *split_state(y, shapes), *split_state(a, shapes), *a_p))
+
+    return norm
 
 
 class _AdjointFunction(torch.autograd.Function):
@@ -241,7 +259,7 @@ def _backward(bw: _Backward, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: tor
             bprob = make_problem(aug, z0, t_back, method=bw.method, rtol=_aug_tol(bw.rtol, prob, params), atol=_aug_tol(bw.atol, prob, params), options=opts)
             bprob.field.time_dtype = prob.field.time_dtype
             aug.differentiable = bool(getattr(bprob.method, "implicit", False))
-            parts_norm = _make_norm(norm_spec, prob.cfg.norm or rms_norm)
+            parts_norm = _make_norm(norm_spec, prob.cfg.norm or rms_norm, prob.shapes)
             shapes_b = bprob.shapes
             bprob.cfg.norm = lambda x: parts_norm(split_state(x, shapes_b))
             for k in range(n - 1):
@@ -340,7 +358,9 @@ def odeint_adjoint(
         Options of the backward solve; default ``options`` without ``norm`` (only when the
         methods agree). ``norm="seminorm"`` leaves the parameter adjoints out of the
         error norm, which usually saves backward steps; a callable norm receives the
-        tuple ``(y, a, *a_params)``.
+        tuple ``(adj_t, y, adj_y, *adj_params)`` as in torchdiffeq (``adj_t`` is a 0-dim zero:
+        the time adjoint is not integrated here; tuple states pass their parts:
+        ``(adj_t, *y_parts, *adj_y_parts, *adj_params)``).
     adjoint_params : sequence of Tensor, optional
         Tensors that ``func`` uses and that need gradients; each must require grad.
         Default: ``func.parameters()`` (those requiring grad) for an ``nn.Module``.

@@ -138,7 +138,7 @@ def _backward(bw: _Backward, ys, t_int, grad_ys, saved, need_t: bool):
                                  atol=_aug_tol(bw.atol, prob, params), options=opts)
             bprob.field.time_dtype = prob.field.time_dtype
             aug.differentiable = bool(getattr(bprob.method, "implicit", False))
-            parts_norm = _make_norm(norm_spec, prob.cfg.norm or rms_norm)
+            parts_norm = _make_norm(norm_spec, prob.cfg.norm or rms_norm, prob.shapes)
             shapes_b = bprob.shapes
             bprob.cfg.norm = lambda x: parts_norm(split_state(x, shapes_b))
             if not bprob.method.adaptive:  # one step per forward step: the nodes are the grid

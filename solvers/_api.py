@@ -13,7 +13,7 @@ from ._base import AbstractSolver
 from ._controller import AbstractController, IController, PIController
 from ._integrate import LoopConfig, Outcome, integrate, rms_norm
 from ._grids import check_t_batched
-from ._problem import VectorField, nonfinite_y0, check_t, check_tol, check_y0, split_state, unflatten_outputs
+from ._problem import VectorField, adaptive_tols, nonfinite_y0, check_t, check_tol, check_y0, split_state, unflatten_outputs
 from ._registry import get_method
 from ._solution import Solution, Stats, Status, exception_for
 
@@ -143,6 +143,7 @@ def _build_config(method: AbstractSolver, options: dict, rtol, atol, shapes, rev
     ctrl = o.get("controller")
     if not method.adaptive:
         return cfg
+    cfg.rtol, cfg.atol = adaptive_tols(rtol, atol, y0)
     if isinstance(ctrl, AbstractController):
         cfg.controller = ctrl
     elif ctrl in (None, "i", "pi"):

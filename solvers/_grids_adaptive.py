@@ -87,7 +87,9 @@ def _initial_step(field, t0, tdt, y0, f0, span, order, rtol, atol, norm, stats, 
         if bad[0]:
             from ._problem import nonfinite_y0
 
-            raise nonfinite_y0()
+            if not bool(torch.isfinite(y0).all()):
+                raise nonfinite_y0()
+            raise ValueError("the error norm returned a non-finite value for a finite initial state; a custom `norm` option must return finite, non-negative values for finite input")
         if bad[1]:
             raise NonFiniteStateError("the vector field is non-finite at the initial time of some sample (finite y0)")
         small = (d0 < 1e-5) | (d1 < 1e-5)

@@ -132,6 +132,13 @@ def _check_finite(out: Outcome, t: torch.Tensor, last_only: bool = False, sign: 
     out.ys = out.ys[:k]
 
 
+def _abs32(y: torch.Tensor) -> torch.Tensor:
+    """``|y|`` for error scaling: in float32 for half-precision states (their own range
+    cannot hold ``atol`` or the scaled errors)."""
+    a = torch.abs(y)
+    return a.float() if a.dtype in (torch.float16, torch.bfloat16) else a
+
+
 def _all_finite(x: torch.Tensor) -> bool:
     """Whether every entry of ``x`` is finite: one reduction kernel (NaN and inf reach the
     min or the max), cheaper than ``isfinite(x).all()``."""
@@ -425,8 +432,8 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
         else:
             with torch.no_grad():
                 if abs_y is None:
-                    abs_y = torch.abs(y)
-                abs_y1 = torch.abs(res.y1)
+                    abs_y = _abs32(y)
+                abs_y1 = _abs32(res.y1)
                 scale = torch.maximum(abs_y, abs_y1).mul_(rtol).add_(atol) if not isinstance(rtol, torch.Tensor) else atol + rtol * torch.maximum(abs_y, abs_y1)
                 ratio = float(method.error_ratio(res, scale, norm))  # the one sync per step
             last_nonfinite = not math.isfinite(ratio)

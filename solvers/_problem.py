@@ -105,6 +105,46 @@ def check_tol(name: str, tol, y0: torch.Tensor, shapes) -> object:
     return tol
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
+def adaptive_tols(rtol, atol, y0: torch.Tensor):
+    """The tolerances an adaptive loop controls with, or a ValueError for ones it cannot.
+
+    Refused: ``rtol == atol == 0`` for some component (no error is ever acceptable), and
+    a half-precision state asked for more than its resolution. An ``atol`` of 0 is
+    floored at ``sqrt(tiny)`` of the norm's dtype, so a zero component gives a zero
+    scaled error instead of ``0/0``. Half-precision states are controlled in float32.
+    """
+    zero_r = (rtol == 0) if isinstance(rtol, torch.Tensor) else torch.tensor(rtol == 0)
+    zero_a = (atol == 0) if isinstance(atol, torch.Tensor) else torch.tensor(atol == 0)
+    if bool((zero_r & zero_a).any()):
+        raise ValueError(
+            "`rtol` and `atol` are both 0 (for some component): an adaptive method then accepts no error and "
+            "cannot take a step; give `atol` > 0 (e.g. atol=1e-9) or `rtol` > 0 (e.g. rtol=1e-7), or use a fixed-step method"
+        )
+    real = y0.real.dtype if y0.is_complex() else y0.dtype
+    if real in HALF:
+        eps = torch.finfo(real).eps
+        top_r = float(rtol.max()) if isinstance(rtol, torch.Tensor) else rtol
+        top_a = float(atol.max()) if isinstance(atol, torch.Tensor) else atol
+        if top_r < eps and top_a < eps:
+            raise ValueError(
+                f"a {real} state resolves relative changes of only about {eps:.2g} (its eps), so `rtol`={top_r:.3g} and "
+                f"`atol`={top_a:.3g} ask for more than it can hold and the step size would collapse; pass rtol and atol of "
+                f"at least {eps:.0e} (e.g. rtol=atol=1e-2), or solve in float32 (y0.float())"
+            )
+        real = torch.float32
+        rtol = rtol.to(real) if isinstance(rtol, torch.Tensor) else rtol
+        atol = atol.to(real) if isinstance(atol, torch.Tensor) else atol
+    floor = math.sqrt(torch.finfo(real).tiny)
+    if isinstance(atol, torch.Tensor):
+        atol = atol.clamp_min(floor) if bool((atol == 0).any()) else atol
+    elif atol == 0:
+        atol = floor
+    return rtol, atol
+
+
 def check_time_dtype(value, y0: torch.Tensor) -> torch.dtype:
     """The dtype of the times the vector field receives (option ``time_dtype``).
 
