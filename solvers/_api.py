@@ -144,6 +144,8 @@ def _build_config(method: AbstractSolver, options: dict, rtol, atol, shapes, rev
     if not method.adaptive:
         return cfg
     cfg.rtol, cfg.atol = adaptive_tols(rtol, atol, y0)
+    if "dtype" in o:
+        _check_control_dtype(o["dtype"], y0)
     if isinstance(ctrl, AbstractController):
         cfg.controller = ctrl
     elif ctrl in (None, "i", "pi"):
@@ -158,6 +160,21 @@ def _build_config(method: AbstractSolver, options: dict, rtol, atol, shapes, rev
     else:
         raise ValueError(f"option `controller` must be 'i', 'pi' or an AbstractController, got {ctrl!r}")
     return cfg
+
+
+def _check_control_dtype(dtype, y0) -> None:
+    """torchdiffeq's adaptive option ``dtype``: the dtype of time and step-size control,
+    promoted with the state's real dtype. Control here is always float64, so float64 (the
+    default) is honoured and a lower precision is refused rather than ignored."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"option `dtype` (the time/step-size dtype, as in torchdiffeq) must be a real floating torch.dtype such as torch.float64, got {dtype!r}")
+    real = y0.real.dtype if y0.is_complex() else y0.dtype
+    if torch.promote_types(dtype, real) != torch.float64:
+        raise ValueError(
+            f"option `dtype`={dtype} asks for step-size control in {torch.promote_types(dtype, real)}; odenet always controls "
+            "time and step size in float64 (more precise, same cost). Remove `dtype` (or pass torch.float64); for the dtype of "
+            "the `t` the vector field receives, see option `time_dtype`"
+        )
 
 
 def _check_batched_config(method: AbstractSolver, cfg: LoopConfig, options: dict) -> None:

@@ -61,3 +61,15 @@ def test_norm_returning_nan_is_named():
         solvers.odeint(rot, torch.tensor([1.0, 0.0], dtype=F64), T, options={"norm": lambda x: torch.tensor(math.nan)})
     with pytest.raises(ValueError, match="`y0` contains NaN"):  # a real NaN is still reported as such
         solvers.odeint(rot, torch.tensor([math.nan, 0.0], dtype=F64), T)
+
+
+def test_dtype_option_has_torchdiffeq_meaning_or_is_refused():
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float32)
+    ref = solvers.odeint(rot, y0, T)
+    torch.testing.assert_close(solvers.odeint(rot, y0, T, options={"dtype": torch.float64}), ref, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="option `dtype`.*real floating torch.dtype"):
+        solvers.odeint(rot, y0, T, options={"dtype": "garbage"})
+    with pytest.raises(ValueError, match="option `dtype`=torch.float32 .*always controls"):
+        solvers.odeint(rot, y0, T, options={"dtype": torch.float32})
+    # a float64 state promotes any dtype to float64 (torchdiffeq's promote_types): accepted
+    solvers.odeint(rot, y0.double(), T, options={"dtype": torch.float32})
