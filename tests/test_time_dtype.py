@@ -142,3 +142,32 @@ def test_adjoint_failure_raised_inside_backward_keeps_its_wording(mode):
     with pytest.raises(solvers.NonFiniteStateError, match=r"backward \(.*adjoint\) pass") as e:
         ys.sum().backward()
     assert "t=-" not in str(e.value)
+
+
+def test_float32_adjoint_at_default_tolerances_is_not_refused_by_the_rebuild_check():
+    # torchdiffeq's latent_ode example: a float32 state at the default rtol=1e-7, below
+    # float32's resolution; the rebuilt-state check is floored at eps * max|y|
+    torch.manual_seed(0)
+    func = torch.nn.Sequential(torch.nn.Linear(4, 20), torch.nn.ELU(), torch.nn.Linear(20, 20), torch.nn.ELU(), torch.nn.Linear(20, 4))
+    field = lambda t, z: func(z)  # noqa: E731
+    z0 = torch.randn(64, 4, requires_grad=True)
+    t = torch.linspace(0, 1.9, 50)
+    ys = solvers.odeint_adjoint(field, z0, t, adjoint_params=tuple(func.parameters()))
+    (ys**2).sum().backward()
+    g_adj, z0.grad = z0.grad.clone(), None
+    (solvers.odeint(field, z0, t) ** 2).sum().backward()
+    torch.testing.assert_close(g_adj, z0.grad, rtol=1e-3, atol=1e-3)  # float32 adjoint vs backprop
+
+
+def test_rebuild_error_is_floored_at_the_working_precision():
+    from solvers._adjoint_rebuild import rebuild_error
+
+    y = torch.tensor([3.0, 1e-3, -2.0], dtype=F32)
+    off = y.clone()
+    off[1] += 2 * torch.finfo(F32).eps  # rounding of the O(1) components, landing on a small one
+    # in units of atol + rtol|y| (1e-9 + 1e-7 * 1e-3) this is ~220 "tolerances", beyond the
+    # default rebuild_tol=100; floored at eps * max|y| it is below one
+    assert rebuild_error(off, y, 1e-7, 1e-9) <= 1.0
+    # float64 keeps the plain tolerance scale (its eps is far below any tolerance)
+    y64, off64 = y.double(), off.double()
+    assert rebuild_error(off64, y64, 1e-7, 1e-9) > 200
