@@ -149,7 +149,7 @@ def test_float32_adjoint_at_default_tolerances_is_not_refused_by_the_rebuild_che
     # float32's resolution; the rebuilt-state check is floored at eps * max|y|
     torch.manual_seed(0)
     func = torch.nn.Sequential(torch.nn.Linear(4, 20), torch.nn.ELU(), torch.nn.Linear(20, 20), torch.nn.ELU(), torch.nn.Linear(20, 4))
-    field = lambda t, z: func(z)  # noqa: E731
+    field = lambda t, z: func(z)
     z0 = torch.randn(64, 4, requires_grad=True)
     t = torch.linspace(0, 1.9, 50)
     ys = solvers.odeint_adjoint(field, z0, t, adjoint_params=tuple(func.parameters()))
