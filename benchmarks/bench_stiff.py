@@ -129,6 +129,9 @@ def main(argv=None):
     torch.set_num_threads(1)
     rows = []
     cap = 20000 if args.quick else 100000
+    with torch.no_grad():  # warm-up: the first autograd Jacobian imports torch's vmap machinery (seconds)
+        for m in ("radau5", "kvaerno3", "kvaerno5"):
+            solvers.solve(vdp_torch, torch.tensor([2.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 1e-3], dtype=torch.float64), method=m)
     for p in problems(args.quick):
         ref = solve_ivp(p["f_np"], (0, p["T"]), p["y0"], method="Radau", rtol=1e-10, atol=p["atol"] * 1e-4).y[:, -1]
         runs = [("scipy Radau", lambda: run_scipy(p, "Radau")), ("scipy BDF", lambda: run_scipy(p, "BDF"))]

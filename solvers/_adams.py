@@ -178,7 +178,7 @@ class AbstractAdams(AbstractOwnLoopSolver):
             if bad.numel():
                 i = growth_step[int(bad[0, 0])]
                 keep_outs = sum(1 for x in tl if x <= gl[i])
-                detail = (f"the Adams-Moulton corrector diverged at step {i} (t={gl[i]:.6g}): its last correction is "
+                detail = (f"the Adams-Moulton corrector diverged at step {i} (t={-gl[i] if cfg.reverse else gl[i]:.6g}): its last correction is "
                           f"{float(g[bad[0, 0]]):.3g} times its first (h |m0| Lip(f) > 1); try a smaller `step_size`, "
                           "implicit=False, or an implicit method such as 'radau5'")
                 return Outcome(outs[:keep_outs], Status.ROOT_FINDER, gl[i], detail)

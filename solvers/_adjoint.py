@@ -17,6 +17,7 @@ exact identities ``dL/dt_i = <dL/dy_i, f(t_i, y_i)>`` (``i >= 1``) and
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional
 
 import torch
@@ -25,8 +26,8 @@ from torch.autograd.function import once_differentiable
 from ._api import Problem, make_problem, register_gradient_mode, solve
 from ._base import AbstractSolver
 from ._integrate import Outcome, rms_norm
-from ._problem import split_state
-from ._solution import exception_for
+from ._problem import nonfinite_y0, split_state, with_time_dtype
+from ._solution import NonFiniteStateError, SolverError, exception_for
 from ._adjoint_rebuild import check_rebuilt
 
 __all__ = ["odeint_adjoint"]
@@ -113,8 +114,25 @@ def _aug_tol(tol, prob: Problem, n_params: tuple):
     return torch.cat([flat, flat, flat.min().expand(n_p)])  # (2N + P,)
 
 
-def _state_func(func: Callable, shapes) -> Callable:
-    """``func`` on the engine's state layout (flat for tuple states), in the user's time."""
+@contextlib.contextmanager
+def backward_errors(where: str):
+    """Failures raised inside a backward solve (not returned as a status) say that they
+    happened in the backward pass, ``where`` (e.g. "integrating from t=1 to t=0")."""
+    try:
+        yield
+    except SolverError as e:
+        raise type(e)(f"{e} This happened in the backward (adjoint) pass, {where}.", t=e.t, solution=e.solution) from e
+    except ValueError as e:
+        if str(e) != str(nonfinite_y0()):
+            raise
+        raise NonFiniteStateError(f"the adjoint state is non-finite in the backward (adjoint) pass, {where}: the incoming gradients dL/dy are NaN or inf") from e
+
+
+def _state_func(func: Callable, shapes, time_dtype=None) -> Callable:
+    """``func`` on the engine's state layout (flat for tuple states), in the user's time
+    (cast to ``time_dtype``, the forward solve's field time dtype, when given)."""
+    if time_dtype is not None:
+        func = with_time_dtype(func, time_dtype)
     if shapes is None:
         return func
 
@@ -124,8 +142,9 @@ def _state_func(func: Callable, shapes) -> Callable:
     return flat
 
 
-def _make_norm(spec, state_norm: Callable):
-    """The backward solve's error norm over the augmented parts ``(y, a, *a_params)``."""
+def _make_norm(spec, state_norm: Callable, shapes=None):
+    """The backward solve's error norm over the augmented parts ``(y, a, *a_params)``
+    (``shapes``: those of a tuple forward state, whose parts a custom norm receives)."""
     if spec == "seminorm":
         return lambda parts: torch.maximum(state_norm(parts[0]), state_norm(parts[1]))
 
@@ -138,8 +157,25 @@ def _make_norm(spec, state_norm: Callable):
     if spec is None:
         return mixed
     if callable(spec):
-        return spec
+        return _torchdiffeq_norm(spec, shapes)
     raise ValueError(f"adjoint option `norm` must be 'seminorm', None or callable(parts) -> scalar, got {spec!r}")
+
+
+def _torchdiffeq_norm(user: Callable, shapes) -> Callable:
+    """A custom adjoint norm called as torchdiffeq calls it: with one tuple
+    ``(adj_t, y, adj_y, *adj_params)``, or ``(adj_t, *y_parts, *adj_y_parts, *adj_params)``
+    for a tuple state. ``adj_t`` is torchdiffeq's time-adjoint component; odenet does not
+    integrate it (``dL/dt`` comes from exact identities), so it is a 0-dim zero: what
+    torchdiffeq holds there when ``t`` does not require grad."""
+
+    def norm(parts):
+        y, a, *a_p = parts
+        adj_t = y.new_zeros(())
+        if shapes is None:
+            return user((adj_t, y, a, *a_p))
+        return user((adj_t, *split_state(y, shapes), *split_state(a, shapes), *a_p))
+
+    return norm
 
 
 class _AdjointFunction(torch.autograd.Function):
@@ -205,7 +241,7 @@ def _backward(bw: _Backward, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: tor
     t_user = (-t_int if prob.reverse else t_int).detach()[:n]
     state = prob.y0.detach()
     dtype = state.dtype
-    f = _state_func(prob.func, prob.shapes)
+    f = _state_func(prob.func, prob.shapes, prob.field.time_dtype)
     stats = prob.stats
     aug = _Augmented(f, params, dtype)
 
@@ -221,8 +257,9 @@ def _backward(bw: _Backward, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: tor
             opts = dict(bw.options)
             norm_spec = opts.pop("norm", None)
             bprob = make_problem(aug, z0, t_back, method=bw.method, rtol=_aug_tol(bw.rtol, prob, params), atol=_aug_tol(bw.atol, prob, params), options=opts)
+            bprob.field.time_dtype = prob.field.time_dtype
             aug.differentiable = bool(getattr(bprob.method, "implicit", False))
-            parts_norm = _make_norm(norm_spec, prob.cfg.norm or rms_norm)
+            parts_norm = _make_norm(norm_spec, prob.cfg.norm or rms_norm, prob.shapes)
             shapes_b = bprob.shapes
             bprob.cfg.norm = lambda x: parts_norm(split_state(x, shapes_b))
             for k in range(n - 1):
@@ -231,7 +268,8 @@ def _backward(bw: _Backward, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: tor
                     g_t[i] = torch.sum(f(t_user[i], ys[i]) * grad_ys[i]).to(g_t.dtype)
                     extra_f += 1
                 zf = torch.cat([ys[i].reshape(-1), a.reshape(-1), *[p.reshape(-1) for p in a_p]])
-                out = bprob.run(y0=zf, t=bprob.t[k : k + 2])
+                with backward_errors(f"integrating from t={float(t_user[i]):.6g} to t={float(t_user[i - 1]):.6g}"):
+                    out = bprob.run(y0=zf, t=bprob.t[k : k + 2])
                 if not out.status.ok:
                     _record(stats, bprob.stats, extra_f)
                     t_fail = None if out.t_fail is None else (-out.t_fail if bprob.reverse else out.t_fail)
@@ -321,7 +359,9 @@ def odeint_adjoint(
         Options of the backward solve; default ``options`` without ``norm`` (only when the
         methods agree). ``norm="seminorm"`` leaves the parameter adjoints out of the
         error norm, which usually saves backward steps; a callable norm receives the
-        tuple ``(y, a, *a_params)``.
+        tuple ``(adj_t, y, adj_y, *adj_params)`` as in torchdiffeq (``adj_t`` is a 0-dim zero:
+        the time adjoint is not integrated here; tuple states pass their parts:
+        ``(adj_t, *y_parts, *adj_y_parts, *adj_params)``).
     adjoint_params : sequence of Tensor, optional
         Tensors that ``func`` uses and that need gradients; each must require grad.
         Default: ``func.parameters()`` (those requiring grad) for an ``nn.Module``.

@@ -31,7 +31,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._api import Problem, make_problem, register_gradient_mode
-from ._adjoint import _Augmented, _Backward, _aug_tol, _make_norm, _record, _state_func, resolve_params
+from ._adjoint import _Augmented, _Backward, _aug_tol, _make_norm, _record, _state_func, backward_errors, resolve_params
 from ._adjoint_rebuild import rebuild_error
 from ._integrate import Outcome, rms_norm
 from ._problem import split_state
@@ -118,7 +118,7 @@ def _backward(bw: _Backward, ys, t_int, grad_ys, saved, need_t: bool):
     sign = -1.0 if prob.reverse else 1.0
     t_user = (-t_int if prob.reverse else t_int).detach()[:n]
     dtype = prob.y0.dtype
-    f = _state_func(prob.func, prob.shapes)
+    f = _state_func(prob.func, prob.shapes, prob.field.time_dtype)
     stats = prob.stats
     aug = _Augmented(f, params, dtype)
     grad_ys = grad_ys.to(dtype)
@@ -136,8 +136,9 @@ def _backward(bw: _Backward, ys, t_int, grad_ys, saved, need_t: bool):
             z0 = (nodes[-1][1], a, *a_p)
             bprob = make_problem(aug, z0, u_back, method=bw.method, rtol=_aug_tol(bw.rtol, prob, params),
                                  atol=_aug_tol(bw.atol, prob, params), options=opts)
+            bprob.field.time_dtype = prob.field.time_dtype
             aug.differentiable = bool(getattr(bprob.method, "implicit", False))
-            parts_norm = _make_norm(norm_spec, prob.cfg.norm or rms_norm)
+            parts_norm = _make_norm(norm_spec, prob.cfg.norm or rms_norm, prob.shapes)
             shapes_b = bprob.shapes
             bprob.cfg.norm = lambda x: parts_norm(split_state(x, shapes_b))
             if not bprob.method.adaptive:  # one step per forward step: the nodes are the grid
@@ -152,7 +153,8 @@ def _backward(bw: _Backward, ys, t_int, grad_ys, saved, need_t: bool):
                 if bprob.method.adaptive and bw.options.get("first_step") is None:
                     bprob.cfg.first_step = s1 - s0  # the forward step was accepted at this size
                 zf = torch.cat([y1.reshape(-1), a.reshape(-1), *[p.reshape(-1) for p in a_p]])
-                out = bprob.run(y0=zf, t=bprob.t[k : k + 2])
+                with backward_errors(f"integrating from t={sign * s1:.6g} to t={sign * s0:.6g}"):
+                    out = bprob.run(y0=zf, t=bprob.t[k : k + 2])
                 if not out.status.ok:
                     _record(stats, bprob.stats, extra_f)
                     msg = (f"{out.status.value} This happened in the backward (checkpointed adjoint) pass, "

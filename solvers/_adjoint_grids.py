@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from ._grids import batch_rms_norm, expand_b
-from ._problem import VectorField
+from ._problem import VectorField, with_time_dtype
 from ._solution import Stats, exception_for
 
 __all__ = ["check_batched_backward", "backward_batched"]
@@ -108,6 +108,7 @@ class _ParamQuadrature:
 
 def backward_batched(bw, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.Tensor, need_t: bool):
     """Gradients of a per-sample-grid solve: ``(dL/dy0, dL/dt or None, [dL/dp])``."""
+    from ._adjoint import backward_errors
     from ._api import _build_config, _check_batched_config
     from ._grids import fixed_batched
     from ._grids_adaptive import adaptive_batched
@@ -118,7 +119,7 @@ def backward_batched(bw, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.T
     n = ys.shape[0]
     dtype = prob.y0.dtype
     sign = -1.0 if prob.reverse else 1.0
-    func = prob.func
+    func = with_time_dtype(prob.func, prob.field.time_dtype)
     t_user = (sign * t_int.detach())[:, :n]  # (B, n) the user's times
 
     def g(tau, y):  # the field in forward-oriented time tau
@@ -146,13 +147,15 @@ def backward_batched(bw, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.T
                 extra_f += 1
             z0 = torch.stack([ys[i], a], dim=1)  # (B, 2, ...)
             s = torch.stack([-tau[:, i], -tau[:, i - 1]], dim=1)  # (B, 2) increasing
-            field = VectorField(aug, z0, None, bstats)
+            field = VectorField(aug, z0, None, bstats, time_dtype=prob.field.time_dtype)
             cfg = _build_config(method, dict(opts), _aug_tol(bw.rtol, ys[i]), _aug_tol(bw.atol, ys[i]), None, False, z0)
             _check_batched_config(method, cfg, opts)
+            cfg.reverse = not prob.reverse  # the loop runs in -tau: messages show the user's t
             cfg.norm = _seminorm
             lengths = 1 + (s[:, 1] > s[:, 0]).long()
             run = adaptive_batched if method.adaptive else fixed_batched
-            out = run(field, z0, s, lengths, method, cfg, bstats, on_step=hook)
+            with backward_errors(f"integrating from t={float(t_user[0, i]):.6g} to t={float(t_user[0, i - 1]):.6g} (sample 0's times)"):
+                out = run(field, z0, s, lengths, method, cfg, bstats, on_step=hook)
             ys_b = out.ys if isinstance(out.ys, torch.Tensor) else torch.stack(out.ys)
             if not out.status.ok:
                 _record(prob.stats, bstats, extra_f)

@@ -33,8 +33,16 @@ DEFAULT_REBUILD_TOL = 100.0
 
 
 def rebuild_error(y_rebuilt: torch.Tensor, y_stored: torch.Tensor, rtol, atol) -> float:
-    """``max |y_rebuilt - y_stored| / (atol + rtol |y_stored|)`` as a float (one host sync)."""
-    scale = atol + rtol * torch.abs(y_stored)
+    """``max |y_rebuilt - y_stored| / (atol + rtol |y_stored|)`` as a float (one host sync).
+
+    The scale is floored at the working precision, ``eps * max |y_stored|``: rounding of the
+    largest components reaches every component through the field, and a tolerance below
+    the dtype's resolution (the default ``rtol=1e-7`` on a float32 state) cannot be met by
+    any backward solve, healthy or not."""
+    ys = torch.abs(y_stored)
+    scale = atol + rtol * ys
+    if ys.numel():
+        scale = torch.maximum(scale, torch.finfo(ys.dtype).eps * ys.max())
     err = torch.abs(y_rebuilt.reshape(y_stored.shape) - y_stored) / scale
     value = float(err.max()) if err.numel() else 0.0
     return value if math.isfinite(value) else math.inf

@@ -13,7 +13,7 @@ from ._base import AbstractSolver
 from ._controller import AbstractController, IController, PIController
 from ._integrate import LoopConfig, Outcome, integrate, rms_norm
 from ._grids import check_t_batched
-from ._problem import VectorField, nonfinite_y0, check_t, check_tol, check_y0, split_state, unflatten_outputs
+from ._problem import VectorField, adaptive_tols, nonfinite_y0, check_t, check_tol, check_y0, split_state, unflatten_outputs
 from ._registry import get_method
 from ._solution import Solution, Stats, Status, exception_for
 
@@ -21,7 +21,7 @@ __all__ = ["solve", "odeint", "Problem", "GRADIENT_MODES", "register_gradient_mo
 
 _FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "interp"}
 _ADAPTIVE_OPTIONS = {"first_step", "min_step", "max_step", "norm", "jump_t", "step_t", "safety", "ifactor", "dfactor", "controller", "pcoeff", "icoeff", "dtype"}
-_COMMON_OPTIONS = {"max_num_steps", "check_finite"}
+_COMMON_OPTIONS = {"max_num_steps", "check_finite", "time_dtype"}
 
 
 @dataclasses.dataclass
@@ -91,7 +91,7 @@ def _times(name, v, reverse) -> tuple:
 
 
 def _build_config(method: AbstractSolver, options: dict, rtol, atol, shapes, reverse: bool, y0) -> LoopConfig:
-    cfg = LoopConfig(rtol=rtol, atol=atol)
+    cfg = LoopConfig(rtol=rtol, atol=atol, reverse=reverse)
     allowed = _COMMON_OPTIONS | (_ADAPTIVE_OPTIONS if method.adaptive else _FIXED_OPTIONS)
     for key in options:
         if key not in allowed:
@@ -144,6 +144,9 @@ def _build_config(method: AbstractSolver, options: dict, rtol, atol, shapes, rev
     ctrl = o.get("controller")
     if not method.adaptive:
         return cfg
+    cfg.rtol, cfg.atol = adaptive_tols(rtol, atol, y0)
+    if "dtype" in o:
+        _check_control_dtype(o["dtype"], y0)
     if isinstance(ctrl, AbstractController):
         cfg.controller = ctrl
     elif ctrl in (None, "i", "pi"):
@@ -158,6 +161,21 @@ def _build_config(method: AbstractSolver, options: dict, rtol, atol, shapes, rev
     else:
         raise ValueError(f"option `controller` must be 'i', 'pi' or an AbstractController, got {ctrl!r}")
     return cfg
+
+
+def _check_control_dtype(dtype, y0) -> None:
+    """torchdiffeq's adaptive option ``dtype``: the dtype of time and step-size control,
+    promoted with the state's real dtype. Control here is always float64, so float64 (the
+    default) is honoured and a lower precision is refused rather than ignored."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"option `dtype` (the time/step-size dtype, as in torchdiffeq) must be a real floating torch.dtype such as torch.float64, got {dtype!r}")
+    real = y0.real.dtype if y0.is_complex() else y0.dtype
+    if torch.promote_types(dtype, real) != torch.float64:
+        raise ValueError(
+            f"option `dtype`={dtype} asks for step-size control in {torch.promote_types(dtype, real)}; odenet always controls "
+            "time and step size in float64 (more precise, same cost). Remove `dtype` (or pass torch.float64); for the dtype of "
+            "the `t` the vector field receives, see option `time_dtype`"
+        )
 
 
 def _check_batched_config(method: AbstractSolver, cfg: LoopConfig, options: dict) -> None:
@@ -201,7 +219,7 @@ def make_problem(func, y0, t, *, method, rtol, atol, options, params=None) -> Pr
     rtol = check_tol("rtol", rtol, y0_flat, shapes)
     atol = check_tol("atol", atol, y0_flat, shapes)
     stats = Stats()
-    field = VectorField(func, y0_flat, shapes, stats, reverse=reverse, tols=(rtol, atol), params=params)
+    field = VectorField(func, y0_flat, shapes, stats, reverse=reverse, tols=(rtol, atol), params=params, time_dtype=options.get("time_dtype"))
     cfg = _build_config(method, options, rtol, atol, shapes, reverse, y0_flat)
     if batched:
         _check_batched_config(method, cfg, options)
@@ -216,7 +234,9 @@ def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, optio
     ----------
     func : callable
         ``func(t, y)`` returning ``dy/dt`` shaped like ``y`` (a tuple for tuple states).
-        ``t`` arrives as a 0-dim tensor in ``t``'s dtype.
+        ``t`` arrives as a 0-dim tensor (``[B]`` on a per-sample grid) in the state's real
+        dtype, as in torchdiffeq; ``options={"time_dtype": torch.float64}`` hands it in
+        float64 instead. Step-size control runs in float64 either way.
     y0 : Tensor or tuple of Tensor
         Initial state, any shape; float32/float64/complex64/complex128.
     t : Tensor
@@ -226,7 +246,7 @@ def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, optio
     rtol, atol : float or Tensor
         Tolerances of adaptive methods (per component if tensors).
     options : dict, optional
-        Loop options (``step_size``, ``first_step``, ``max_num_steps``, ...) and the method's
+        Loop options (``step_size``, ``first_step``, ``max_num_steps``, ``time_dtype``, ...) and the method's
         own options (e.g. ``root_finder`` for implicit methods). Unknown keys raise.
     gradient : {"direct", "adjoint", "checkpoint"}
         How gradients flow: backprop through the steps, the continuous adjoint, or the
@@ -266,7 +286,8 @@ def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, optio
 
         hooks = SolveHooks(prob, events, dense, gradient)
     outcome = GRADIENT_MODES[gradient](prob)
-    sol = finish(prob, outcome, t if isinstance(t, torch.Tensor) else prob.t, raise_on_failure)
+    sol = finish(prob, outcome, t if isinstance(t, torch.Tensor) else (-prob.t if prob.reverse else prob.t),
+                 raise_on_failure)
     return sol if hooks is None else hooks.finish(sol)
 
 

@@ -32,7 +32,7 @@ import torch
 import torch.utils.checkpoint as tcp
 
 from ._api import Problem, register_gradient_mode
-from ._integrate import Outcome, _check_finite, fixed_grid, integrate, method_hermite
+from ._integrate import Outcome, _check_finite, field_time_dtype, fixed_grid, integrate, method_hermite, nudge
 from ._problem import VectorField
 from ._solution import Stats, Status
 
@@ -98,7 +98,7 @@ def _fixed_plan(field, y0, t, method, cfg):
     return steps
 
 
-def _adaptive_plan(record: list, t, method, cfg):
+def _adaptive_plan(record: list, t, method, cfg, ftd=torch.float64):
     """The accepted steps of a recorded adaptive solve, as ``_integrate._adaptive`` took them."""
     tl = t.detach().to(torch.float64).tolist()
     t0, tend = tl[0], tl[-1]
@@ -111,9 +111,9 @@ def _adaptive_plan(record: list, t, method, cfg):
         land = t1 in stops
         times = [tn + cj * hstep for cj in cs]
         if land and t1 in jumps:
-            times = [math.nextafter(t1, tn) if cj == 1.0 else x for cj, x in zip(cs, times)]
+            times = [nudge(t1, tn, ftd) if cj == 1.0 else x for cj, x in zip(cs, times)]
         if after_jump:
-            times = [math.nextafter(tn, t1) if cj == 0.0 else x for cj, x in zip(cs, times)]
+            times = [nudge(tn, t1, ftd) if cj == 0.0 else x for cj, x in zip(cs, times)]
         k0 = j
         while j < len(tl) and tl[j] < t1:
             j += 1
@@ -261,7 +261,7 @@ def checkpoint_runner(prob: Problem) -> Outcome:
         record: list = []
         with torch.no_grad():
             fwd = integrate(prob.field, y0.detach(), t.detach(), method, dataclasses.replace(cfg, record=record), prob.stats)
-        steps = _adaptive_plan(record, t, method, cfg)
+        steps = _adaptive_plan(record, t, method, cfg, field_time_dtype(prob.field, t))
     else:
         steps = _fixed_plan(prob.field, y0, t, method, cfg)
         if isinstance(steps, Outcome):
@@ -283,7 +283,7 @@ def checkpoint_runner(prob: Problem) -> Outcome:
             prob.stats.n_steps += k + 1
             prob.stats.n_accepted += k
             t_start = float(t.detach()[0]) if k == 0 else steps[k - 1].t1
-            return Outcome(ys, Status.ROOT_FINDER, t_start, _failure_detail(res, k, t_start))
+            return Outcome(ys, Status.ROOT_FINDER, t_start, _failure_detail(res, k, -t_start if prob.reverse else t_start))
     prob.stats.n_checkpoints += n_seg
     field.backward = True
     if fwd is not None:
@@ -293,7 +293,7 @@ def checkpoint_runner(prob: Problem) -> Outcome:
     prob.stats.n_accepted += len(steps)
     out = Outcome(ys)
     if cfg.check_finite:
-        _check_finite(out, t)
+        _check_finite(out, t, sign=-1.0 if prob.reverse else 1.0)
     return out
 
 

@@ -169,7 +169,10 @@ class AbstractCollocation(ImplicitOptions, AbstractImplicitSolver):
         A, Ainv, d, _ = self._consts(yflat)
         eq = CollocationEquation(func, ts[1:], y0, h, A, view, cache)
         explicit = finder.explicit_predictor if self._predictor == "auto" else self._predictor == "explicit"
-        if explicit:  # z_i = y0 + c_i h f0
+        guess = self.stage_guess(cache, y0, h, yflat) if self._predictor == "auto" else None
+        if guess is not None:
+            x0 = guess.reshape(eq.B, -1)
+        elif explicit:  # z_i = y0 + c_i h f0
             c = torch.as_tensor(self.tableau.c, dtype=yflat.dtype, device=yflat.device)
             x0 = (yflat[:, None, :] + (c[None, :, None] * h) * view.flat(f0.detach())[:, None, :]).reshape(eq.B, -1)
         else:
@@ -194,6 +197,10 @@ class AbstractCollocation(ImplicitOptions, AbstractImplicitSolver):
             spec = _Spec(func, ts[-1].detach(), Zd, eq.gamma, BatchView(Zd), finder, _rtol(tol), stats, fmap=fmap)
             Z = attach_ift(Zd, Gz, spec)
         return view, Z.reshape(eq.B, s, eq.n), res, finder
+
+    def stage_guess(self, cache: dict, y0: torch.Tensor, h, yflat: torch.Tensor):
+        """A starting guess ``(B, s, n)`` for the stage values, or None (the predictor)."""
+        return None
 
     def step(self, func: Callable, ts: Sequence[torch.Tensor], y0: torch.Tensor, h, f0: torch.Tensor) -> StepResult:
         view, Z, res, finder = self.solve_stages(func, ts, y0, h, f0)

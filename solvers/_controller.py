@@ -124,24 +124,38 @@ class IController(PIController):
         super().__init__(pcoeff=0.0, icoeff=1.0, safety=safety, ifactor=ifactor, dfactor=dfactor)
 
 
-def initial_step(func: Callable, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol, atol, norm: Callable, make_t: Callable, direction_span: float) -> float:
-    """Hairer's starting step (Hairer, Nørsett & Wanner I, II.4): one extra evaluation."""
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision tensors in float32 for the norms (their range cannot hold them)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def initial_step(func: Callable, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int, rtol, atol, norm: Callable, make_t: Callable, direction_span: float, t_shown=None) -> float:
+    """Hairer's starting step (Hairer, Nørsett & Wanner I, II.4): one extra evaluation.
+
+    ``t_shown``: ``t0`` as the user sees it (negated for decreasing time), for messages."""
     with torch.no_grad():
-        scale = atol + torch.abs(y0) * rtol
-        d0, d1 = (float(v) for v in torch.stack([norm(y0 / scale).real, norm(f0 / scale).real]).tolist())
+        y0w, f0w = _wide(y0), _wide(f0)
+        scale = atol + torch.abs(y0w) * rtol
+        d0, d1 = (float(v) for v in torch.stack([torch.as_tensor(norm(y0w / scale)).real, torch.as_tensor(norm(f0w / scale)).real]).tolist())
         if not math.isfinite(d0):
             from ._problem import nonfinite_y0
 
-            raise nonfinite_y0()
+            if not bool(torch.isfinite(y0).all()):
+                raise nonfinite_y0()
+            raise ValueError(
+                f"the error norm returned {d0} for the finite initial state; a custom `norm` option must return a finite, "
+                "non-negative scalar for finite input (check it, or remove it to use the RMS norm)"
+            )
         if not math.isfinite(d1):
             from ._solution import NonFiniteStateError
 
-            raise NonFiniteStateError(f"the vector field is non-finite at the initial time t={t0:.6g} (finite y0)", t=t0)
+            ts = t0 if t_shown is None else t_shown
+            raise NonFiniteStateError(f"the vector field is non-finite at the initial time t={ts:.6g} (finite y0)", t=ts)
         h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
         h0 = min(h0, direction_span)
         y1 = y0 + h0 * f0
         f1 = func(make_t(t0 + h0), y1)
-        d2 = float(norm((f1 - f0) / scale)) / h0
+        d2 = float(norm((_wide(f1) - f0w) / scale)) / h0
         if max(d1, d2) <= 1e-15:
             h1 = max(1e-6, h0 * 1e-3)
         else:

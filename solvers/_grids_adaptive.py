@@ -87,7 +87,9 @@ def _initial_step(field, t0, tdt, y0, f0, span, order, rtol, atol, norm, stats, 
         if bad[0]:
             from ._problem import nonfinite_y0
 
-            raise nonfinite_y0()
+            if not bool(torch.isfinite(y0).all()):
+                raise nonfinite_y0()
+            raise ValueError("the error norm returned a non-finite value for a finite initial state; a custom `norm` option must return finite, non-negative values for finite input")
         if bad[1]:
             raise NonFiniteStateError("the vector field is non-finite at the initial time of some sample (finite y0)")
         small = (d0 < 1e-5) | (d1 < 1e-5)
@@ -258,7 +260,7 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
         Status.NON_FINITE: f"sample {b} became non-finite",
     }[status]
     more = f" ({len(bad)} samples failed: {bad[:5]})" if len(bad) > 1 else ""
-    return Outcome(ys[:reached], status, tb, f"{what}, stopped at t={tb:.6g}{more}", sample=b)
+    return Outcome(ys[:reached], status, tb, f"{what}, stopped at t={-tb if cfg.reverse else tb:.6g}{more}", sample=b)
 
 
 def _has_batch_ratio(method) -> bool:

@@ -40,6 +40,8 @@ class LoopConfig:
     step_t: tuple = ()
     jump_t: tuple = ()
     check_finite: bool = True
+    #: The user's time runs backwards (the loop sees it negated): messages show ``-t``.
+    reverse: bool = False
     #: When a list, the loop appends the end time of every accepted step (as a float, after
     #: the start time ``t[0]``), so a gradient mode can replay the exact discretisation.
     record: Optional[list] = None
@@ -57,6 +59,11 @@ class Outcome:
     detail: str = ""
     #: per-sample grids: the first sample that failed
     sample: Optional[int] = None
+
+
+def show_t(cfg: "LoopConfig", x: float) -> float:
+    """An internal (increasing) time as the user's time, for messages."""
+    return -x if cfg.reverse else x
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +88,7 @@ def integrate(field, y0: torch.Tensor, t: torch.Tensor, method: AbstractSolver, 
     else:
         out = _fixed(field, y0, t, method, cfg, stats)
     if cfg.check_finite and out.status.ok:
-        _check_finite(out, t, last_only=not method.adaptive)
+        _check_finite(out, t, last_only=not method.adaptive, sign=-1.0 if cfg.reverse else 1.0)
     return out
 
 
@@ -104,12 +111,12 @@ def _integrate_batched(field, y0, t, method, cfg, stats) -> Outcome:
         k, b = (int(v) for v in torch.nonzero(bad)[0])
         tb = float(t.detach()[b, k])
         out.status, out.t_fail, out.sample = Status.NON_FINITE, tb, b
-        out.detail = f"the state of sample {b} is non-finite at output time t={tb:.6g}"
+        out.detail = f"the state of sample {b} is non-finite at output time t={show_t(cfg, tb):.6g}"
         out.ys = out.ys[:k]
     return out
 
 
-def _check_finite(out: Outcome, t: torch.Tensor, last_only: bool = False) -> None:
+def _check_finite(out: Outcome, t: torch.Tensor, last_only: bool = False, sign: float = 1.0) -> None:
     """One synchronisation after the loop: find the first non-finite output, if any.
 
     ``last_only``: on a fixed grid the last output is the last state, and a state that
@@ -125,8 +132,15 @@ def _check_finite(out: Outcome, t: torch.Tensor, last_only: bool = False) -> Non
     tl = t.detach().tolist()
     out.status = Status.NON_FINITE
     out.t_fail = tl[k]
-    out.detail = f"the state is non-finite at output time t={tl[k]:.6g}" + (f" (last finite output at t={tl[k - 1]:.6g})" if k else "")
+    out.detail = f"the state is non-finite at output time t={sign * tl[k]:.6g}" + (f" (last finite output at t={sign * tl[k - 1]:.6g})" if k else "")
     out.ys = out.ys[:k]
+
+
+def _abs32(y: torch.Tensor) -> torch.Tensor:
+    """``|y|`` for error scaling: in float32 for half-precision states (their own range
+    cannot hold ``atol`` or the scaled errors)."""
+    a = torch.abs(y)
+    return a.float() if a.dtype in (torch.float16, torch.bfloat16) else a
 
 
 def _all_finite(x: torch.Tensor) -> bool:
@@ -142,6 +156,20 @@ def _all_finite(x: torch.Tensor) -> bool:
 
 
 # ----------------------------------------------------------------------------- fixed grid
+
+
+def field_time_dtype(field, t: torch.Tensor) -> torch.dtype:
+    """The dtype the vector field takes its time in (a :class:`VectorField`'s choice)."""
+    return getattr(field, "time_dtype", t.dtype)
+
+
+def nudge(x: float, toward: float, dtype: torch.dtype) -> float:
+    """The neighbour of ``x`` towards ``toward`` in ``dtype`` (the field's time dtype), so
+    that a stage time next to a jump stays on its side after the cast to that dtype."""
+    if dtype == torch.float64:
+        return math.nextafter(x, toward)
+    # the neighbour of the rounded x is on the far side of both x and its rounding
+    return float(torch.nextafter(torch.tensor(x, dtype=dtype), torch.tensor(toward, dtype=dtype)))
 
 
 def _host_grid(tl: list, cfg: LoopConfig) -> list:
@@ -213,7 +241,7 @@ def fixed_grid(field, y0, t, method: AbstractSolver, cfg: LoopConfig):
     s = len(cs)
     key = None
     if cfg.grid_constructor is None and not t.requires_grad and not torch.is_inference_mode_enabled():
-        key = (tuple(tl), cfg.step_size, cs, cfg.perturb, t.dtype, y0.device)
+        key = (tuple(tl), cfg.step_size, cs, cfg.perturb, t.dtype, field_time_dtype(field, t), y0.device)
         hit = _GRID_CACHE.get(key)
         if hit is not None:
             gl, hs, step_ts, ends = hit
@@ -252,14 +280,15 @@ def fixed_grid(field, y0, t, method: AbstractSolver, cfg: LoopConfig):
         hs = hs_t.unbind(0)
     else:
         hs = [b - a for a, b in zip(gl, gl[1:])]
-    times = times.to(t.dtype)
+    # stage times in the field's time dtype (cast once here, not per call); grid ends in t's
+    stage_t, end_t = times[: n * s].to(field_time_dtype(field, t)), times[n * s :].to(t.dtype)
     if n > _EAGER_STEPS:
         # Long grids: per-step views made on demand, so no per-step tensor objects stay
         # alive for the whole solve (this is what keeps the adjoint's memory flat in steps).
-        return tl, gl, hs, _Rows(times[: n * s], s), _Rows(times[n * s :], None), track
-    times = times.unbind(0)
-    ends = times[n * s :]
-    step_ts = [times[i * s : (i + 1) * s] for i in range(n)]
+        return tl, gl, hs, _Rows(stage_t, s), _Rows(end_t, None), track
+    stage_t = stage_t.unbind(0)
+    ends = end_t.unbind(0)
+    step_ts = [stage_t[i * s : (i + 1) * s] for i in range(n)]
     if key is not None and not track:
         if len(_GRID_CACHE) >= _GRID_CACHE_SIZE:
             _GRID_CACHE.clear()
@@ -282,7 +311,7 @@ def _fixed_loop(field, y0, t, method, cfg, stats, tl, gl, hs, step_ts, ends, tra
         if not res.ok:
             stats.n_steps += i + 1
             stats.n_accepted += i
-            return Outcome(outs, Status.ROOT_FINDER, gl[i], _root_detail(res, i, gl[i]))
+            return Outcome(outs, Status.ROOT_FINDER, gl[i], _root_detail(res, i, show_t(cfg, gl[i])))
         f1 = res.f1
         t1 = gl[i + 1]
         while j < len(tl) and tl[j] <= t1:
@@ -355,7 +384,7 @@ def _root_detail(res: StepResult, i: int, t0: float) -> str:
 def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) -> Outcome:
     tl = t.detach().to(torch.float64).tolist()
     t0, tend = tl[0], tl[-1]
-    dev, tdt = y0.device, t.dtype
+    dev, tdt, ftd = y0.device, t.dtype, field_time_dtype(field, t)
     track = t.requires_grad
     norm = cfg.norm or rms_norm
     rtol, atol = cfg.rtol, cfg.atol
@@ -372,7 +401,7 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
         h = float(cfg.first_step)
     else:
         n0 = stats.n_f_evals
-        h = initial_step(field, t0, y0, f0, min(method.order, method.error_order), rtol, atol, norm, make_t, tend - t0)
+        h = initial_step(field, t0, y0, f0, min(method.order, method.error_order), rtol, atol, norm, make_t, tend - t0, t_shown=show_t(cfg, t0))
         stats.n_initial_step_evals += stats.n_f_evals - n0
     h = max(min(h, cfg.max_step), cfg.min_step)
     ctrl = cfg.controller
@@ -390,7 +419,7 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
     abs_y = None
     while tn < tend:
         if stats.n_steps >= cfg.max_num_steps:
-            return Outcome(outs, Status.MAX_STEPS, tn, f"{stats.n_steps} steps taken, stopped at t={tn:.6g}")
+            return Outcome(outs, Status.MAX_STEPS, tn, f"{stats.n_steps} steps taken, stopped at t={show_t(cfg, tn):.6g}")
         stop = stops[si]
         h = min(h, cfg.max_step)
         land = tn + h >= stop
@@ -398,13 +427,13 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
         hstep = t1 - tn
         if hstep <= 0.0 or t1 == tn:
             st = Status.NON_FINITE if last_nonfinite else Status.STEP_SIZE_UNDERFLOW
-            return Outcome(outs, st, tn, f"the step size fell to {h:.3g} at t={tn:.6g}")
+            return Outcome(outs, st, tn, f"the step size fell to {h:.3g} at t={show_t(cfg, tn):.6g}")
         # stage times (host floats -> one small tensor); nudged off a jump on either side
         times = [tn + cj * hstep for cj in cs]
         if land and stop in jumps:
-            times = [math.nextafter(t1, tn) if cj == 1.0 else x for cj, x in zip(cs, times)]
+            times = [nudge(t1, tn, ftd) if cj == 1.0 else x for cj, x in zip(cs, times)]
         if after_jump:
-            times = [math.nextafter(tn, t1) if cj == 0.0 else x for cj, x in zip(cs, times)]
+            times = [nudge(tn, t1, ftd) if cj == 0.0 else x for cj, x in zip(cs, times)]
         ts_t = torch.tensor(times, dtype=torch.float64, device=dev)
         if track:
             T1 = T_end if (land and stop == tend) else T_n + hstep
@@ -412,7 +441,7 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
             ts_t = ts_t + ((T_n - T_n.detach()) + (hh - hh.detach()) * c_t)
         else:
             hh = hstep
-        ts = ts_t.to(tdt).unbind(0)
+        ts = ts_t.to(ftd).unbind(0)
         if f0 is None:
             f0 = field(ts[0], y)
         res = method.step(field, ts, y, hh, f0)
@@ -423,8 +452,8 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
         else:
             with torch.no_grad():
                 if abs_y is None:
-                    abs_y = torch.abs(y)
-                abs_y1 = torch.abs(res.y1)
+                    abs_y = _abs32(y)
+                abs_y1 = _abs32(res.y1)
                 scale = torch.maximum(abs_y, abs_y1).mul_(rtol).add_(atol) if not isinstance(rtol, torch.Tensor) else atol + rtol * torch.maximum(abs_y, abs_y1)
                 ratio = float(method.error_ratio(res, scale, norm))  # the one sync per step
             last_nonfinite = not math.isfinite(ratio)
@@ -469,13 +498,17 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
         else:
             stats.n_rejected += 1
         h_new = ctrl.propose(hstep, ratio, accepted)
+        if accepted and land and hstep < h:
+            # the step was clipped to land on an output/step/jump time: its small size says
+            # nothing about the dynamics, so restart from the step size it was cut from
+            h_new = max(h_new, h)
         if h_new < cfg.min_step:
             if not accepted and hstep <= cfg.min_step:
                 st = Status.NON_FINITE if last_nonfinite else Status.STEP_SIZE_UNDERFLOW
-                return Outcome(outs, st, tn, f"a step of min_step={cfg.min_step:.3g} was rejected at t={tn:.6g}")
+                return Outcome(outs, st, tn, f"a step of min_step={cfg.min_step:.3g} was rejected at t={show_t(cfg, tn):.6g}")
             h_new = cfg.min_step
         if not accepted and (tn + h_new == tn or (tn + h_new) - tn >= hstep):
             st = Status.NON_FINITE if last_nonfinite else Status.STEP_SIZE_UNDERFLOW
-            return Outcome(outs, st, tn, f"the step size fell to {h_new:.3g} at t={tn:.6g}")
+            return Outcome(outs, st, tn, f"the step size fell to {h_new:.3g} at t={show_t(cfg, tn):.6g}")
         h = h_new
     return Outcome(outs)

@@ -10,7 +10,7 @@ import torch
 
 from ._solution import Stats
 
-__all__ = ["VectorField", "check_y0", "check_t", "check_tol", "flatten_state", "unflatten_outputs"]
+__all__ = ["VectorField", "check_y0", "check_t", "check_tol", "check_time_dtype", "flatten_state", "unflatten_outputs"]
 
 _STATE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
 
@@ -105,6 +105,69 @@ def check_tol(name: str, tol, y0: torch.Tensor, shapes) -> object:
     return tol
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
+def adaptive_tols(rtol, atol, y0: torch.Tensor):
+    """The tolerances an adaptive loop controls with, or a ValueError for ones it cannot.
+
+    Refused: ``rtol == atol == 0`` for some component (no error is ever acceptable), and
+    a half-precision state asked for more than its resolution. An ``atol`` of 0 is
+    floored at ``sqrt(tiny)`` of the norm's dtype, so a zero component gives a zero
+    scaled error instead of ``0/0``. Half-precision states are controlled in float32.
+    """
+    zero_r = (rtol == 0) if isinstance(rtol, torch.Tensor) else torch.tensor(rtol == 0)
+    zero_a = (atol == 0) if isinstance(atol, torch.Tensor) else torch.tensor(atol == 0)
+    if bool((zero_r & zero_a).any()):
+        raise ValueError(
+            "`rtol` and `atol` are both 0 (for some component): an adaptive method then accepts no error and "
+            "cannot take a step; give `atol` > 0 (e.g. atol=1e-9) or `rtol` > 0 (e.g. rtol=1e-7), or use a fixed-step method"
+        )
+    real = y0.real.dtype if y0.is_complex() else y0.dtype
+    if real in HALF:
+        eps = torch.finfo(real).eps
+        top_r = float(rtol.max()) if isinstance(rtol, torch.Tensor) else rtol
+        top_a = float(atol.max()) if isinstance(atol, torch.Tensor) else atol
+        if top_r < eps and top_a < eps:
+            raise ValueError(
+                f"a {real} state resolves relative changes of only about {eps:.2g} (its eps), so `rtol`={top_r:.3g} and "
+                f"`atol`={top_a:.3g} ask for more than it can hold and the step size would collapse; pass rtol and atol of "
+                f"at least {eps:.0e} (e.g. rtol=atol=1e-2), or solve in float32 (y0.float())"
+            )
+        real = torch.float32
+        rtol = rtol.to(real) if isinstance(rtol, torch.Tensor) else rtol
+        atol = atol.to(real) if isinstance(atol, torch.Tensor) else atol
+    floor = math.sqrt(torch.finfo(real).tiny)
+    if isinstance(atol, torch.Tensor):
+        atol = atol.clamp_min(floor) if bool((atol == 0).any()) else atol
+    elif atol == 0:
+        atol = floor
+    return rtol, atol
+
+
+def check_time_dtype(value, y0: torch.Tensor) -> torch.dtype:
+    """The dtype of the times the vector field receives (option ``time_dtype``).
+
+    ``None`` (default): the state's real dtype, as torchdiffeq hands it (a float32 state
+    gets float32 ``t``). Step-size control stays in float64 either way; this is only the
+    dtype of the ``t`` argument of ``func``.
+    """
+    if value is None:
+        return y0.real.dtype if y0.is_complex() else y0.dtype
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise TypeError(f"option `time_dtype` must be None (the state's real dtype) or a real floating torch.dtype such as torch.float64, got {value!r}")
+    return value
+
+
+def with_time_dtype(func: Callable, dtype: torch.dtype) -> Callable:
+    """``func`` receiving its time argument cast to ``dtype``."""
+
+    def cast(t, y):
+        return func(t if t.dtype == dtype else t.to(dtype), y)
+
+    return cast
+
+
 def flatten_state(ys: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([v.reshape(-1) for v in ys])
 
@@ -130,7 +193,7 @@ class VectorField:
     ``stats`` is shared with the solve; implicit methods record root-finder work on it.
     """
 
-    def __init__(self, func: Callable, y0: torch.Tensor, shapes, stats: Stats, reverse: bool = False, tols=None, params=None):
+    def __init__(self, func: Callable, y0: torch.Tensor, shapes, stats: Stats, reverse: bool = False, tols=None, params=None, time_dtype=None):
         if not callable(func):
             raise TypeError(f"`func` must be callable as func(t, y), got {type(func).__name__}")
         self.func = func
@@ -138,6 +201,8 @@ class VectorField:
         self.stats = stats
         self.reverse = reverse
         self.dtype = y0.dtype
+        #: dtype of the ``t`` handed to ``func`` (the state's real dtype unless chosen)
+        self.time_dtype = check_time_dtype(time_dtype, y0)
         self._unchecked = True
         #: the solve's (rtol, atol) and explicit parameter list (implicit methods read them)
         self.tols = tols
@@ -145,6 +210,8 @@ class VectorField:
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.stats.n_f_evals += 1
+        if t.dtype != self.time_dtype:
+            t = t.to(self.time_dtype)
         if self.reverse:
             t = -t
         if self.shapes is not None:

@@ -34,6 +34,10 @@ from ._rootbase import work_dtype
 
 __all__ = ["Radau5"]
 
+
+def _float(h) -> float:
+    return float(h.detach()) if isinstance(h, torch.Tensor) else float(h)
+
 _MU = 3.0 + 3.0 ** (2.0 / 3.0) - 3.0 ** (1.0 / 3.0)
 _GAMMA0 = 1.0 / _MU
 _E = np.array([-13.0 - 7.0 * np.sqrt(6.0), -13.0 + 7.0 * np.sqrt(6.0), -1.0]) / 3.0
@@ -52,16 +56,48 @@ class Radau5(AbstractCollocation, AbstractAdaptiveSolver):
 
     def step(self, func, ts, y0, h, f0) -> StepResult:
         view, Z, res, finder = self.solve_stages(func, ts, y0, h, f0)
+        cache = _solve_cache(func)
         if Z is None:
+            cache.pop("radau5_prev", None)
             return StepResult(y0, y0, f0, None, None, [], h, ts, ok=False, info=_failure_info(res, finder), func=func)
         with torch.no_grad():
             err = self._error(func, ts[0], y0, h, f0, view, Z.detach())
         out = self._finish(func, ts, y0, h, f0, view, Z, error=err)
+        # this step's collocation polynomial starts the next Newton solve (as RADAU5/scipy)
+        cache["radau5_prev"] = (y0, out.y1, _float(h), view.flat(y0.detach()), Z.detach())
         # no FSAL: the error estimate of the next step needs f(t1, y1) itself (as RADAU5 and
         # scipy evaluate it); the derivative recovered from the stage values carries the root
         # solve's error divided by h, which the estimate does not filter
         out.f1 = None
         return out
+
+    def stage_guess(self, cache, y0, h, yflat):
+        """The previous step's collocation polynomial at this step's stage times: extrapolated
+        after an accepted step (``y0`` is its ``y1``), re-sampled after a rejected one (``y0``
+        is its ``y0``). Usually saves Newton iterations over the constant guess."""
+        prev = cache.get("radau5_prev")
+        if prev is None:
+            return None
+        p_y0, p_y1, p_h, p_yf, p_Z = prev
+        if y0 is p_y1:
+            start = 1.0
+        elif y0 is p_y0:
+            start = 0.0
+        else:
+            return None
+        if p_Z.shape[0] != yflat.shape[0] or p_Z.shape[2] != yflat.shape[1] or not p_h:
+            return None
+        nodes = np.concatenate([[0.0], self.tableau.c])  # the polynomial through y0 and the stages
+        theta = start + np.asarray(self.tableau.c) * (_float(h) / p_h)  # new stage times, in units of h_prev
+        W = np.ones((len(theta), len(nodes)))  # Lagrange basis (s, s+1)
+        for j, xj in enumerate(nodes):
+            for m, xm in enumerate(nodes):
+                if m != j:
+                    W[:, j] *= (theta - xm) / (xj - xm)
+        Wt = torch.as_tensor(W, dtype=p_Z.dtype, device=p_Z.device)
+        P = torch.cat([p_yf[:, None, :], p_Z], dim=1)  # (B, s+1, n)
+        guess = torch.einsum("ij,bjn->bin", Wt, P)  # (B, s, n)
+        return guess if bool(torch.isfinite(guess).all()) else None
 
     def _error(self, func, t0, y0, h, f0, view, Z):
         yf = view.flat(y0.detach())  # (B, n)
