@@ -156,3 +156,23 @@ def test_fit_with_robust_training_and_regularizer_restores_the_solver(tmp_path):
     assert res.model.ode_blocks()[0].solver_config()["method"] == "euler"
     assert math.isfinite(res.metrics[-1]["train_loss"])
     assert not res.model.ode_blocks()[0].field._forward_hooks
+
+
+def test_cli_diagnose_writes_table_json_and_png(tmp_path, capsys):
+    import json
+
+    from odenet.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "circles", "--epochs", "1", "--width", "8", "--limit-train", "64",
+                 "--limit-test", "32", "--out", str(run), "--quiet", "--robust", "--lr-schedule", "cosine"]) == 0
+    capsys.readouterr()
+    assert main(["diagnose", str(run / "checkpoint.pt"), "--out", str(tmp_path / "diag"),
+                 "--max-samples", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "verdict: this model is" in out
+    rep = json.loads((tmp_path / "diag" / "solver_robustness.json").read_text())
+    assert rep["verdict"] in ("this model is an ODE", "this model is a discrete ResNet")
+    assert rep["rows"][0]["solver"] == "own: euler/4"
+    assert (tmp_path / "diag" / "solver_robustness.png").is_file()
+    assert main(["diagnose", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "d2")]) == 2

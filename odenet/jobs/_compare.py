@@ -93,7 +93,7 @@ class CompareConfig:
         Default True: train every view only under its own solver. False (``odenet compare
         --robust``): solver-robust training, each batch under a solver drawn from
         ``robust_family`` with probability ``robust_p`` (:class:`odenet.SolverSampler`; see
-        docs/three-views.md, "Swapping solvers").
+        docs/three-views.md, "Training for solver swaps").
     robust_family : str
         A name from :data:`odenet.SOLVER_FAMILIES` (default ``"explicit"``).
     robust_p : float

@@ -150,7 +150,7 @@ class SolverSampler:
     (see :data:`SOLVER_FAMILIES`), otherwise the model's own solver. Training one set of
     weights under several discretisations makes the weights fit the *ODE* they all
     approximate rather than the error of one of them, so the model keeps its accuracy when
-    evaluated under another solver (docs/three-views.md, "Swapping solvers").
+    evaluated under another solver (docs/three-views.md, "Training for solver swaps").
 
     Draws come from a ``random.Random(seed + 1000 * epoch + batch)``, so a resumed run
     draws the same solvers. :meth:`restore` puts the model's own solver back (the loop
