@@ -176,3 +176,12 @@ def test_cli_diagnose_writes_table_json_and_png(tmp_path, capsys):
     assert rep["rows"][0]["solver"] == "own: euler/4"
     assert (tmp_path / "diag" / "solver_robustness.png").is_file()
     assert main(["diagnose", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "d2")]) == 2
+
+
+@pytest.mark.parametrize("view", ["implicit", "node"])
+def test_regularizer_trains_the_implicit_and_node_views(view):
+    res = odenet.train(model=view, data="circles", epochs=1, out=None, quiet=True, width=8,
+                       limit_train=32, limit_test=16, batch_size=16, kinetic=0.01, jacobian_reg=0.01)
+    assert math.isfinite(res.metrics[-1]["train_loss"])
+    blk = res.model.ode_blocks()[0]
+    assert not blk.field._forward_hooks and not blk._forward_pre_hooks

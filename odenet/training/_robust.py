@@ -71,6 +71,9 @@ class DynamicsRegularizer:
             raise ValueError(f"{type(model).__name__} has no ode_blocks(); nothing to regularise")
         self._records: dict[int, dict] = {}
         self._handles = [b.field.register_forward_hook(self._hook(i)) for i, b in enumerate(self.blocks)]
+        # a new solve starts a new record: calls made after the forward pass (an adjoint's
+        # or a checkpoint's recomputation during backward) never leak into the next batch
+        self._handles += [b.register_forward_pre_hook(self._clear(i)) for i, b in enumerate(self.blocks)]
         self.last: dict[str, float] = {}
 
     def _hook(self, i: int):
@@ -82,8 +85,16 @@ class DynamicsRegularizer:
                 float(t) if isinstance(t, (int, float)) else None)
             if tf is None:  # per-sample times: not supported by this quadrature
                 return
-            self._records.setdefault(i, {})[round(tf, 12)] = x.detach()
+            try:
+                self._records.setdefault(i, {})[round(tf, 12)] = x.detach()
+            except RuntimeError:  # a functorch-wrapped state (a JVP inside a root finder)
+                pass
         return record
+
+    def _clear(self, i: int):
+        def clear(module, args):
+            self._records.pop(i, None)
+        return clear
 
     def remove(self) -> None:
         """Take the hooks off the fields."""
