@@ -9,7 +9,12 @@ import torch
 from torch import nn
 
 import odenet
-from odenet import DynamicsRegularizer, MLPClassifier, SolverSampler, check_solver_robustness
+from odenet import (
+    DynamicsRegularizer,
+    MLPClassifier,
+    SolverSampler,
+    check_solver_robustness,
+)
 from odenet.training import scheduled_lr
 
 
@@ -101,8 +106,8 @@ def test_regularizer_matches_closed_form_on_a_linear_field():
 
 
 def test_regularizer_kinetic_under_dopri5_approaches_the_exact_integral():
-    from scipy.linalg import expm
     from scipy.integrate import quad
+    from scipy.linalg import expm
 
     a = np.array([[-0.5, 1.0], [-1.0, -0.5]])
     x0 = np.array([[1.0, 0.5]])
