@@ -37,13 +37,14 @@ from .data import (DATASETS, DataBundle, SeriesBatch, SeriesData, drop_observati
 from .fields import (ACTIVATIONS, MONOTONE_ACTIVATIONS, TIME_MODES, ConvField, LayerwiseField, MLPField,
                      ParabolicConvField, ParabolicMLPField, spectral_normalize)
 from . import analysis
+from .analysis import SolverRobustnessReport, check_solver_robustness
 from .jobs import (CompareConfig, RobustnessConfig, StabilityConfig, TimeseriesConfig, compare, format_table, robustness,
                    stability, timeseries)
 from .models import (GRUD, GRUODE, MODEL_KINDS, ODE_SERIES_MODELS, SERIES_MODELS, GRUDelta, ImageClassifier, LatentODE,
                      MLPClassifier, NeuralCDE, ODERNN, SeriesODEBlock, build_model, build_series_model, evolve)
 from .robustness import (AttackSettings, accuracy_vs_epsilon, attack_suite, fgsm, fgsm_accuracy, noise_accuracy, pgd,
                          square_attack, transfer_pgd)
-from .training import (FIELDS, VIEWS, TrainConfig, TrainingError, TrainResult, build_view_model, evaluate, fit,
+from .training import (FIELDS, SOLVER_FAMILIES, VIEWS, DynamicsRegularizer, SolverSampler, TrainConfig, TrainingError, TrainResult, build_view_model, evaluate, fit,
                        load_model, set_seed, solver_config_for, train)
 
 __all__ = [
@@ -59,6 +60,12 @@ __all__ = [
     "TIME_MODES",
     "ODEBlock",
     "SOLVER_KEYS",
+    # training options on the dynamics
+    "check_solver_robustness",
+    "SolverRobustnessReport",
+    "DynamicsRegularizer",
+    "SolverSampler",
+    "SOLVER_FAMILIES",
     # models
     "ImageClassifier",
     "MLPClassifier",

@@ -1,4 +1,4 @@
-"""The ``odenet`` command line: ``odenet train``, ``odenet compare`` and ``odenet timeseries``.
+"""The ``odenet`` command line: ``odenet train``, ``odenet compare``, ``odenet diagnose`` and ``odenet timeseries``.
 
 Run ``odenet --help`` (or ``python -m odenet --help``). Bad input (unknown names,
 mismatched or corrupt checkpoints, ...) is reported in one line without a
@@ -37,6 +37,16 @@ def _int_at_least(minimum: int, what: str):
 
 _positive_int = _int_at_least(1, "positive")
 _nonneg_int = _int_at_least(0, "non-negative")
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a non-negative finite number, got {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -104,6 +114,14 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="the parabolic field's one-sided Lipschitz bound (default 2.0)")
     p.add_argument("--spectral-norm", action="store_true",
                    help="spectrally normalise the field's layers (bounds its Lipschitz constant)")
+    p.add_argument("--head", choices=("pool", "flatten"), default=None,
+                   help="image classifier head: pool (global average pool + linear; default) or flatten")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine", "onecycle"), default=None,
+                   help="learning-rate schedule over all batches, --lr its peak (default constant)")
+    p.add_argument("--kinetic", type=_nonneg_float, default=None,
+                   help="weight of the kinetic-energy penalty int |f|^2 dt (default 0: off)")
+    p.add_argument("--jacobian-reg", type=_nonneg_float, default=None,
+                   help="weight of the Jacobian-Frobenius penalty int |df/dx|_F^2 dt (default 0: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="odenet",
         description="Train one vector field as a ResNet, an implicit ResNet or a Neural ODE.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,compare,stability,robustness,timeseries}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,compare,diagnose,stability,robustness,timeseries}")
     sub.required = True
 
     tr = sub.add_parser(
@@ -122,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "DistributedDataParallel.")
     tr.add_argument("--model", default="resnet", choices=_VIEWS, help="model view (default resnet)")
     _common(tr)
+    tr.add_argument("--robust", nargs="?", const="explicit", default=None, metavar="FAMILY",
+                    help="solver-robust training: half the batches under a solver drawn from FAMILY "
+                         "(default family: explicit = euler/midpoint/rk4 at 2-8 steps)")
     tr.set_defaults(epochs=5)
     tr.add_argument("--out", default="runs/train",
                     help="directory for metrics.csv, metrics.json, checkpoint.pt (default runs/train)")
@@ -161,9 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue an interrupted compare in OUT: every view resumes from its own "
                          "OUT/VIEW/checkpoint.pt (a finished view is only re-measured)")
     cp.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    cp.add_argument("--robust", action="store_true",
+                    help="solver-robust training: half the batches of every view under a solver drawn from "
+                         "the explicit family (euler/4, euler/8, midpoint/4, rk4/4); default: plain training")
     cp.add_argument("--strict", action="store_true",
                     help="exit with status 1 when a view's training fails numerically (default: "
                          "report the failure in the table and results.json and exit 0)")
+    dg = sub.add_parser(
+        "diagnose", help="is a trained model an ODE or a discrete ResNet?",
+        description="Evaluate a trained checkpoint under a ladder of solvers (euler and rk4 at 2-32 "
+                    "steps, dopri5 at decreasing tolerances, implicit Euler), report whether its "
+                    "predictions converge as the step shrinks and with what empirical order, and end "
+                    "in a verdict. Writes solver_robustness.json and .png into --out.")
+    dg.add_argument("checkpoint", help="checkpoint.pt of an `odenet train` / `odenet compare` run")
+    dg.add_argument("--out", required=True, help="output directory (created)")
+    dg.add_argument("--max-samples", type=_positive_int, default=256,
+                    help="test inputs used (default 256)")
     _add_stability(sub)
     _add_robustness(sub)
     _timeseries_parser(sub)
@@ -305,7 +339,8 @@ def _run_train(args: argparse.Namespace) -> int:
                       device=args.device, resume=args.resume, overwrite=args.overwrite,
                       quiet=args.quiet, limit_train=args.limit_train, limit_test=args.limit_test,
                       method=args.method, steps=args.steps, rtol=args.rtol, atol=args.atol,
-                      gradient=args.gradient, root_finder=args.root_finder)
+                      gradient=args.gradient, root_finder=args.root_finder,
+                      **_training_options(args), robust=args.robust)
     result = train(cfg)
     if not args.quiet and result.metrics and _is_main_process():
         last = result.metrics[-1]
@@ -318,6 +353,35 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _training_options(args: argparse.Namespace) -> dict:
+    """The head / schedule / regularisation flags that were given (the config's defaults otherwise)."""
+    names = {"head": "head", "lr_schedule": "lr_schedule", "kinetic": "kinetic", "jacobian_reg": "jacobian_reg"}
+    return {k: getattr(args, a) for k, a in names.items() if getattr(args, a, None) is not None}
+
+
+def _run_diagnose(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ._io import check_out_dir, load_checkpoint, write_json
+    from .analysis import check_solver_robustness
+    from .data._classification import load_dataset
+    from .training._run import load_model
+
+    out = check_out_dir(args.out)
+    ckpt = load_checkpoint(args.checkpoint)
+    run = ckpt.get("run_config") or {}
+    name = (ckpt.get("data") or {}).get("name") or run.get("data")
+    if not name:
+        raise ValueError(f"checkpoint {args.checkpoint} does not say which data set it was trained on")
+    data = load_dataset(name, seed=int(run.get("seed", 0)), limit_train=run.get("limit_train"),
+                        limit_test=run.get("limit_test"))
+    model = load_model(args.checkpoint)
+    report = check_solver_robustness(model, data, max_samples=args.max_samples, out=str(out))
+    write_json(Path(out) / "solver_robustness.json", report.as_dict())
+    print(report.table())
+    return 0
+
+
 def _run_compare(args: argparse.Namespace) -> int:
     from .jobs._compare import CompareConfig, compare
 
@@ -325,7 +389,8 @@ def _run_compare(args: argparse.Namespace) -> int:
               lr=args.lr, seed=args.seed, width=args.width, limit_train=args.limit_train,
               limit_test=args.limit_test, device=args.device, out=args.out, quiet=args.quiet,
               plots=not args.no_plots, spectral_norm=args.spectral_norm, field=args.field,
-              expansion=args.expansion, resume=args.resume)
+              expansion=args.expansion, resume=args.resume, plain=not args.robust,
+              **_training_options(args))
     if args.epochs is not None:
         kw["epochs"] = args.epochs
     if args.epsilons is not None:
@@ -360,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_robustness(args)
         if args.command == "timeseries":
             return _run_timeseries(args)
+        if args.command == "diagnose":
+            return _run_diagnose(args)
         return _run_compare(args)
     except (ValueError, TypeError, CheckpointError) as exc:
         if os.environ.get("ODENET_DEBUG"):

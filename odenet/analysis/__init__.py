@@ -10,6 +10,9 @@
   :func:`tanh_rnn_mean_field_lambda1`, :func:`log_growth_slope`, and the :class:`Lorenz`
   field.
 
+- Solver robustness of a trained model (is it an ODE or a discrete ResNet?):
+  :func:`check_solver_robustness`.
+
 The ``odenet stability`` job (:func:`odenet.stability`) measures the claims of
 ``CLAIMS.md`` with these functions.
 """
@@ -17,6 +20,7 @@ The ``odenet stability`` job (:func:`odenet.stability`) measures the claims of
 from ._jacobian import gradient_gain, jacobian, lipschitz_ratio, power_iteration_norm, singular_values
 from ._lyapunov import (Lorenz, log_growth_slope, lyapunov_exponents, map_lyapunov_exponent,
                         tanh_rnn_mean_field_lambda1)
+from ._solver_robustness import SolverRobustnessReport, check_solver_robustness
 from ._regions import (axis_limit, blowup_step, resolve_method, stability_function, stability_region,
                        tableau_rounding_scale, tableau_stability_function)
 
@@ -38,4 +42,6 @@ __all__ = [
     "map_lyapunov_exponent",
     "tanh_rnn_mean_field_lambda1",
     "log_growth_slope",
+    "check_solver_robustness",
+    "SolverRobustnessReport",
 ]

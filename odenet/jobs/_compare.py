@@ -33,7 +33,8 @@ from ..data._classification import DATASETS, DataBundle, load_dataset
 from .._io import check_out_dir, write_json
 from ..robustness._attacks import accuracy_vs_epsilon
 from ..training._views import SOLVER_KEYS, VIEWS, build_view_model, field_arch, solver_config_for
-from ..training._loop import CHECKPOINT_NAME, TrainingError, fit
+from ..training._loop import CHECKPOINT_NAME, LR_SCHEDULES, TrainingError, fit
+from ..training._robust import DynamicsRegularizer, SolverSampler
 from ..training._tasks import evaluate
 from ..training._runtime import resolve_device, set_seed
 
@@ -81,6 +82,22 @@ class CompareConfig:
         The parabolic field's bound (default 2.0: ``h * expansion = 0.5``).
     spectral_norm : bool
         Spectrally normalise the shared field's convolutions (default False).
+    head : {"pool", "flatten"}
+        The image classifier's head (see :class:`odenet.ImageClassifier`).
+    lr_schedule : {"constant", "cosine", "onecycle"}
+        Learning-rate schedule over all batches, ``lr`` its peak (see :func:`odenet.fit`).
+    kinetic, jacobian_reg : float
+        Weights of the kinetic-energy and Jacobian-Frobenius penalties on every view's
+        field (:class:`odenet.DynamicsRegularizer`; default 0: off).
+    plain : bool
+        Default True: train every view only under its own solver. False (``odenet compare
+        --robust``): solver-robust training, each batch under a solver drawn from
+        ``robust_family`` with probability ``robust_p`` (:class:`odenet.SolverSampler`; see
+        docs/three-views.md, "Training for solver swaps").
+    robust_family : str
+        A name from :data:`odenet.SOLVER_FAMILIES` (default ``"explicit"``).
+    robust_p : float
+        Share of batches trained under a drawn solver.
     """
 
     data: str = "digits"
@@ -102,6 +119,13 @@ class CompareConfig:
     quiet: bool = False
     plots: bool = True
     resume: bool = False
+    head: str = "pool"
+    lr_schedule: str = "constant"
+    kinetic: float = 0.0
+    jacobian_reg: float = 0.0
+    plain: bool = True
+    robust_family: str = "explicit"
+    robust_p: float = 0.5
 
     def validate(self) -> None:
         for arg in ("models", "solvers"):
@@ -126,6 +150,10 @@ class CompareConfig:
                              f"got {eps!r}")
         check_out_dir(self.out)
         field_arch(self.field, self.expansion)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not self.plain:
+            SolverSampler(self.robust_family, p=self.robust_p)  # validates both
 
 
 @contextlib.contextmanager
@@ -265,7 +293,8 @@ def compare(config: CompareConfig | None = None, **kwargs: Any) -> dict:
     say(f"odenet compare: {data.summary()}; models {', '.join(config.models)}; "
         f"{config.epochs} epoch(s); device {device}")
     set_seed(config.seed)
-    arch_kw = dict(spectral_norm=bool(config.spectral_norm), **field_arch(config.field, config.expansion))
+    arch_kw = dict(spectral_norm=bool(config.spectral_norm), head=config.head,
+                   **field_arch(config.field, config.expansion))
     base = build_view_model(config.models[0], data, width=config.width, **arch_kw)
     init_state = copy.deepcopy(base.state_dict())
     base_arch = {k: v for k, v in base.config.items() if k not in SOLVER_KEYS}
@@ -281,16 +310,24 @@ def compare(config: CompareConfig | None = None, **kwargs: Any) -> dict:
         model.load_state_dict(init_state)
         own = solver_config_for(view)
         resume = bool(config.resume) and (out / view / CHECKPOINT_NAME).is_file()
+        sampler = None if config.plain else SolverSampler(config.robust_family, p=config.robust_p,
+                                                           seed=config.seed)
+        reg = (DynamicsRegularizer(model, kinetic=config.kinetic, jacobian=config.jacobian_reg)
+               if (config.kinetic or config.jacobian_reg) else None)
         try:
             fit_res = fit(model, data, epochs=config.epochs, batch_size=config.batch_size,
                           lr=config.lr, seed=config.seed, device=str(device), out=out / view,
-                          resume=resume, overwrite=not resume, quiet=config.quiet, label=view)
+                          resume=resume, overwrite=not resume, quiet=config.quiet, label=view,
+                          lr_schedule=config.lr_schedule, solver_sampler=sampler, regularizer=reg)
         except (TrainingError, *_solver_error_types()) as exc:
             # one view failing numerically (e.g. its implicit solve stops converging as the
             # field grows) must not discard the others: record it, report it, go on
             failed[view] = f"{type(exc).__name__}: {exc}"
             say(f"[{view}] training failed: {failed[view]}")
             continue
+        finally:
+            if reg is not None:
+                reg.remove()
         model = fit_res.model
         hist = fit_res.metrics
         nb = [r for r in hist]

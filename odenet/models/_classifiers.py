@@ -90,6 +90,9 @@ class _ODEClassifier(nn.Module):
 
 #: Field families of each classifier: the unconstrained one and the parabolic one.
 IMAGE_FIELDS = ("conv", "parabolic")
+
+#: Heads of :class:`ImageClassifier`.
+IMAGE_HEADS = ("pool", "flatten")
 MLP_FIELDS = ("mlp", "parabolic")
 
 
@@ -148,6 +151,12 @@ class ImageClassifier(_ODEClassifier):
         "concat".
     expansion : float
         The parabolic field's one-sided Lipschitz bound (see :class:`ParabolicConvField`).
+    head : {"pool", "flatten"}
+        ``"pool"`` (default): global average pooling, then a linear layer on the
+        ``width + augment`` channels. ``"flatten"``: a linear layer on the whole final
+        state (``(width + augment) * image_size**2`` features), which keeps where in the
+        image a feature sits (on 8x8 digits it lifts test accuracy from under 90 % to
+        over 97 %; see docs/three-views.md).
     **solver_cfg
         ``method, t1, steps, rtol, atol, gradient, options`` for every block
         (see :class:`ODEBlock`).
@@ -162,8 +171,11 @@ class ImageClassifier(_ODEClassifier):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, image_size: int = 8,
                  num_blocks: int = 1, augment: int = 0, spectral_norm: bool = False, time: str = "none",
                  layers: int = 1, groups: Optional[int] = None, activation: str = "tanh", field: str = "conv",
-                 expansion: float = 0.0, **solver_cfg):
+                 expansion: float = 0.0, head: str = "pool", **solver_cfg):
         super().__init__()
+        if head not in IMAGE_HEADS:
+            raise ValueError(f"ImageClassifier: `head` must be one of {IMAGE_HEADS}, got {head!r}")
+        self.head_kind = head
         self.in_channels = _check_int("in_channels", in_channels, 1)
         self.num_classes = _check_int("num_classes", num_classes, 1)
         self.width = _check_int("width", width, 1)
@@ -187,10 +199,12 @@ class ImageClassifier(_ODEClassifier):
             make = lambda: ConvField(channels, time=time, groups=groups, activation=activation,  # noqa: E731
                                      spectral_norm=bool(spectral_norm))
         self.blocks = nn.ModuleList(ODEBlock(_layers_field(make, layers, t1), **solver) for _ in range(num_blocks))
-        self.head = nn.Linear(channels, num_classes)
+        features = channels * (image_size * image_size if head == "flatten" else 1)
+        self.head = nn.Linear(features, num_classes)
         self._arch = dict(in_channels=in_channels, num_classes=num_classes, width=width, image_size=image_size,
                           num_blocks=num_blocks, augment=augment, spectral_norm=bool(spectral_norm), time=time,
-                          layers=layers, groups=groups, activation=activation, field=field, expansion=expansion)
+                          layers=layers, groups=groups, activation=activation, field=field, expansion=expansion,
+                          head=head)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The ODE state at ``t1`` of the last block, ``[B, width + augment, H, W]``."""
@@ -203,7 +217,9 @@ class ImageClassifier(_ODEClassifier):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_classes]`` for images ``[B, in_channels, image_size, image_size]``."""
-        h = self.features(x)
+        h = self.features(x)  # (B, C, H, W)
+        if self.head_kind == "flatten":
+            return self.head(h.flatten(1))  # (B, C*H*W) -> (B, num_classes)
         return self.head(h.mean(dim=(2, 3)))  # (B, C) -> (B, num_classes)
 
 

@@ -20,6 +20,7 @@ prints and writes files."""
 from __future__ import annotations
 
 import gc
+import math
 import os
 import sys
 import time
@@ -39,7 +40,31 @@ from ._tasks import AbstractTask, _unwrap, as_task
 from ._views import SOLVER_KEYS
 
 _RESUME_KEYS = ("model", "data", "seed", "batch_size", "lr", "weight_decay", "limit_train",
-                "limit_test")
+                "limit_test", "lr_schedule")
+
+#: Learning-rate schedules of :func:`fit` (see :func:`scheduled_lr`).
+LR_SCHEDULES = ("constant", "cosine", "onecycle")
+
+
+def scheduled_lr(lr: float, schedule: str, progress: float) -> float:
+    """The learning rate at ``progress`` in [0, 1) of training (batches done / all batches).
+
+    ``"constant"``: ``lr``. ``"cosine"``: ``lr * (1 + cos(pi * progress)) / 2``.
+    ``"onecycle"``: a linear warm-up from ``lr / 10`` to ``lr`` over the first 20 % of
+    the batches, then the cosine decay to 0 over the rest (Smith & Topurkoff's one-cycle
+    policy, without momentum cycling). A pure function of the position in training, so a
+    resumed run follows the same schedule.
+    """
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "onecycle":
+        warm = 0.2
+        if progress < warm:
+            return lr * (0.1 + 0.9 * progress / warm)
+        return lr * 0.5 * (1.0 + math.cos(math.pi * (progress - warm) / (1.0 - warm)))
+    raise ValueError(f"unknown lr_schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -106,7 +131,9 @@ def fit(model: nn.Module, data: DataBundle | AbstractTask, *, epochs: int, batch
         lr: float = 3e-3, weight_decay: float = 0.0, seed: int = 0, device: str = "auto",
         out: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
         quiet: bool = False, label: str | None = None, run_config: Mapping | None = None,
-        on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+        on_epoch: Callable[[dict], None] | None = None, lr_schedule: str = "constant",
+        solver_sampler=None,
+        regularizer: Callable[[nn.Module], torch.Tensor] | None = None) -> TrainResult:
     """Train ``model`` on ``data`` with Adam: the one training loop of every task.
 
     Parameters
@@ -143,6 +170,17 @@ def fit(model: nn.Module, data: DataBundle | AbstractTask, *, epochs: int, batch
         from the arguments).
     on_epoch : callable, optional
         Called with each new metrics row.
+    lr_schedule : {"constant", "cosine", "onecycle"}
+        How the learning rate moves over the batches of all ``epochs`` (see
+        :func:`scheduled_lr`); ``lr`` is the peak.
+    solver_sampler : odenet.SolverSampler, optional
+        Solver-robust training: before every training batch ``solver_sampler.draw(model,
+        epoch, batch)`` sets the solver of that batch; the model's own solver is restored
+        after every epoch (before evaluation) and at the end.
+    regularizer : callable, optional
+        ``regularizer(model)`` after the forward pass of every training batch returns a
+        0-dim tensor added to the loss (kinetic-energy / Jacobian penalties; see
+        :class:`odenet.DynamicsRegularizer`).
 
     Returns
     -------
@@ -168,10 +206,12 @@ def fit(model: nn.Module, data: DataBundle | AbstractTask, *, epochs: int, batch
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
     task.check_model(model)
     run_cfg = dict(run_config) if run_config is not None else dict(
         task.run_config(), seed=seed, batch_size=batch_size, lr=float(lr),
-        weight_decay=float(weight_decay))
+        weight_decay=float(weight_decay), lr_schedule=lr_schedule)
     if resume and overwrite:
         raise ValueError("resume=True and overwrite=True contradict each other (--resume continues "
                          "the run in OUT, --overwrite discards it); pass one of them")
@@ -212,7 +252,9 @@ def fit(model: nn.Module, data: DataBundle | AbstractTask, *, epochs: int, batch
         for epoch in range(start_epoch, epochs):
             row = _train_epoch(train_model, module, optimizer, task, epoch=epoch,
                                epochs=epochs, batch_size=batch_size, seed=seed, ctx=ctx,
-                               device=dev, progress=bar, desc=f"{name}epoch {epoch + 1}/{epochs}")
+                               device=dev, progress=bar, desc=f"{name}epoch {epoch + 1}/{epochs}",
+                               lr_at=lambda p: scheduled_lr(float(lr), lr_schedule, p),
+                               solver_sampler=solver_sampler, regularizer=regularizer)
             ev = task.evaluate(module, batch_size=max(batch_size, 256), ctx=ctx)
             row.update({"test_loss": ev["loss"], f"test_{task.metric}": ev[task.metric],
                         "lr": float(optimizer.param_groups[0]["lr"])})
@@ -255,7 +297,7 @@ def _metric_text(metric: str, row: Mapping) -> str:
 
 
 def _train_epoch(train_model, module, optimizer, task: AbstractTask, *, epoch, epochs, batch_size, seed,
-                 ctx, device, progress, desc) -> dict:
+                 ctx, device, progress, desc, lr_at=None, solver_sampler=None, regularizer=None) -> dict:
     module.train()
     idx = _epoch_indices(task.train_size(), epoch, seed, ctx)
     n_batches = (len(idx) + batch_size - 1) // batch_size
@@ -263,9 +305,33 @@ def _train_epoch(train_model, module, optimizer, task: AbstractTask, *, epoch, e
     t0 = time.perf_counter()
     batches = _progress(task.train_batches(idx, batch_size, device), total=n_batches, desc=desc,
                         enabled=progress)
+    try:
+        _run_batches(batches, train_model, module, optimizer, task, sums, epoch, n_batches, epochs,
+                     lr_at, solver_sampler, regularizer)
+    finally:
+        if solver_sampler is not None:
+            solver_sampler.restore(module)
+    elapsed = time.perf_counter() - t0
+    total_batches = float(n_batches)
+    loss_sum, metric_sum, n, fwd, bwd, vjp, nb = ctx.all_sum(sums + [total_batches], device)
+    nb = max(nb, 1.0)
+    return {"epoch": epoch + 1, "train_loss": loss_sum / max(n, 1.0), f"train_{task.metric}": metric_sum / max(n, 1.0),
+            "nfe_forward": fwd / nb, "nfe_backward": bwd / nb, "vjp_backward": vjp / nb,
+            "epoch_time": elapsed}
+
+
+def _run_batches(batches, train_model, module, optimizer, task, sums, epoch, n_batches, epochs,
+                 lr_at, solver_sampler, regularizer) -> None:
     for b, batch in enumerate(batches):
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at((epoch * n_batches + b) / (epochs * n_batches))
+        if solver_sampler is not None:
+            solver_sampler.draw(module, epoch, b)
         optimizer.zero_grad(set_to_none=True)
         loss, n, metric_sum = task.loss(train_model, batch)
+        if regularizer is not None:
+            loss = loss + regularizer(module)
         if not torch.isfinite(loss):
             raise TrainingError(f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, "
                                 f"batch {b + 1}; lower the learning rate or tighten the solver")
@@ -278,13 +344,6 @@ def _train_epoch(train_model, module, optimizer, task: AbstractTask, *, epoch, e
         sums[3] += fwd
         sums[4] += bwd
         sums[5] += vjp
-    elapsed = time.perf_counter() - t0
-    total_batches = float(n_batches)
-    loss_sum, metric_sum, n, fwd, bwd, vjp, nb = ctx.all_sum(sums + [total_batches], device)
-    nb = max(nb, 1.0)
-    return {"epoch": epoch + 1, "train_loss": loss_sum / max(n, 1.0), f"train_{task.metric}": metric_sum / max(n, 1.0),
-            "nfe_forward": fwd / nb, "nfe_backward": bwd / nb, "vjp_backward": vjp / nb,
-            "epoch_time": elapsed}
 
 
 def _model_identity(module: nn.Module) -> tuple[str, dict]:

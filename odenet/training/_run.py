@@ -15,6 +15,7 @@ from .._io import CheckpointError, load_checkpoint
 from ._runtime import set_seed
 from ._views import VIEWS, _model_api, build_view_model, field_arch
 from ._loop import TrainResult, fit
+from ._robust import DynamicsRegularizer, SolverSampler
 
 @dataclass
 class TrainConfig:
@@ -24,7 +25,13 @@ class TrainConfig:
     (backward Euler with a root finder) or ``"node"`` (dopri5, checkpointed adjoint). The
     ``method``/``steps``/``rtol``/``atol``/``gradient``/``root_finder`` fields
     override that view's solver settings when not ``None``. ``field`` (``"parabolic"``,
-    the default, or ``"unconstrained"``) and ``expansion`` choose the vector field.
+    the default, or ``"unconstrained"``) and ``expansion`` choose the vector field;
+    ``head`` the image classifier's head (``"pool"`` or ``"flatten"``). ``lr_schedule``:
+    ``"constant"``, ``"cosine"`` or ``"onecycle"`` (see :func:`odenet.fit`). ``kinetic`` and
+    ``jacobian_reg`` weight the :class:`odenet.DynamicsRegularizer` penalties (0: off).
+    ``robust``: a solver family name (:data:`odenet.SOLVER_FAMILIES`) for solver-robust
+    training, a share ``robust_p`` of the batches under a solver drawn from it
+    (:class:`odenet.SolverSampler`); ``None`` (default) trains under the view's own solver only.
     """
 
     model: str = "resnet"
@@ -52,6 +59,12 @@ class TrainConfig:
     atol: float | None = None
     gradient: str | None = None
     root_finder: str | None = None
+    head: str = "pool"
+    lr_schedule: str = "constant"
+    kinetic: float = 0.0
+    jacobian_reg: float = 0.0
+    robust: str | None = None
+    robust_p: float = 0.5
 
     def solver_overrides(self) -> dict:
         return dict(method=self.method, steps=self.steps, rtol=self.rtol, atol=self.atol,
@@ -82,16 +95,26 @@ def train(config: TrainConfig | None = None, **kwargs: Any) -> TrainResult:
     arch = {"augment": config.augment} if config.augment else {}
     arch["spectral_norm"] = bool(config.spectral_norm)
     arch.update(field_arch(config.field, config.expansion))
+    arch["head"] = config.head
     model = build_view_model(config.model, data, width=config.width,
                              solver=config.solver_overrides(), **arch)
     run_cfg = dict(model=config.model, data=config.data, seed=config.seed,
                    batch_size=config.batch_size, lr=float(config.lr),
                    weight_decay=float(config.weight_decay), limit_train=config.limit_train,
-                   limit_test=config.limit_test)
-    return fit(model, data, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-               weight_decay=config.weight_decay, seed=config.seed, device=config.device,
-               out=config.out, resume=config.resume, overwrite=config.overwrite,
-               quiet=config.quiet, run_config=run_cfg, label=None)
+                   limit_test=config.limit_test, lr_schedule=config.lr_schedule)
+    sampler = (SolverSampler(config.robust, p=config.robust_p, seed=config.seed)
+               if config.robust is not None else None)
+    reg = (DynamicsRegularizer(model, kinetic=config.kinetic, jacobian=config.jacobian_reg)
+           if (config.kinetic or config.jacobian_reg) else None)
+    try:
+        return fit(model, data, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                   weight_decay=config.weight_decay, seed=config.seed, device=config.device,
+                   out=config.out, resume=config.resume, overwrite=config.overwrite,
+                   quiet=config.quiet, run_config=run_cfg, label=None,
+                   lr_schedule=config.lr_schedule, solver_sampler=sampler, regularizer=reg)
+    finally:
+        if reg is not None:
+            reg.remove()
 
 
 def load_model(path: str | os.PathLike, *, map_location: Any = "cpu", **solver: Any) -> nn.Module:

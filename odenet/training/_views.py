@@ -92,6 +92,8 @@ def build_view_model(view: str, data: DataBundle, *, width: int = 32, solver: Ma
         arch["field"] = "conv" if data.kind == "image" else "mlp"
     if arch.get("field") == "parabolic" and data.kind != "image":
         arch.setdefault("depth", 1)  # a parabolic MLP field has one hidden layer
+    if data.kind != "image":
+        arch.pop("head", None)  # the MLP classifier has one head: linear on the state
     kwargs.update(arch)
     return _model_api().build_model(data.kind, **kwargs, **cfg)
 
