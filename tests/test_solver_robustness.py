@@ -96,7 +96,7 @@ def test_regularizer_matches_closed_form_on_a_linear_field():
     reg.remove()
     reg = DynamicsRegularizer(model, kinetic=0.0, jacobian=1.0)
     model(torch.as_tensor(x0))
-    val = float(reg.value())
+    val = float(reg.value().detach())
     # Hutchinson: E|eps^T A|^2 = |A|_F^2 at every time, integrated over [0, 1]
     fro = float(np.sum(a * a))
     assert val == pytest.approx(fro, rel=0.02)  # 4 x 20000 probes: ~0.5 % standard error
@@ -115,7 +115,7 @@ def test_regularizer_kinetic_under_dopri5_approaches_the_exact_integral():
     model = _Wrap(block).train()
     reg = DynamicsRegularizer(model, kinetic=1.0)
     model(torch.as_tensor(x0))
-    val = float(reg.value())
+    val = float(reg.value().detach())
     exact = quad(lambda t: float(np.sum((a @ expm(a * t) @ x0[0]) ** 2)), 0, 1, epsabs=1e-12)[0]
     # a Riemann sum over the solver's stage times: first order in the largest gap
     assert val == pytest.approx(exact, rel=0.05)
