@@ -12,7 +12,7 @@ from odenet._io import atomic_write_text
 from odenet.jobs._plots import _pyplot as pyplot
 from odenet.jobs._plots import _save
 
-__all__ = ["RESULTS", "pyplot", "save_figure", "write_table"]
+__all__ = ["RESULTS", "pyplot", "save_figure", "write_table", "parse_device"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -28,3 +28,16 @@ def save_figure(fig, name: str) -> Path:
         return _save(fig, RESULTS / name)
     finally:
         pyplot().close(fig)
+
+
+def parse_device(parser, spec: str):
+    """``torch.device(spec)``, or ``parser.error`` naming ``--device`` (bad name, no CUDA here)."""
+    import torch
+
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        parser.error(f"--device: {exc}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {spec}: CUDA is not available on this machine; use --device cpu")
+    return device

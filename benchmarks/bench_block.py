@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 import odenet
 import solvers
 
-from ._report import RESULTS, pyplot, save_figure, write_table
+from ._report import RESULTS, parse_device, pyplot, save_figure, write_table
 
 
 
@@ -144,13 +144,16 @@ def _label(cfg: dict) -> str:
 def bench_views(repeats: int, epochs: int, limit_train, device: torch.device) -> tuple:
     data = odenet.load_dataset("digits", limit_train=limit_train)
     views = _available_views()
+    # the main job's architecture and learning rate (odenet compare's defaults), so the rows
+    # describe the views users run
+    width, lr = odenet.CompareConfig().width, odenet.CompareConfig().lr
     odenet.set_seed(0)
-    base = odenet.build_view_model("resnet", data)
+    base = odenet.build_view_model("resnet", data, width=width)
     init = copy.deepcopy(base.state_dict())
     xb, yb = data.x_train[:64].to(device), data.y_train[:64].to(device)
     train_rows, trained = [], {}
     for view in views:
-        model = odenet.build_view_model("resnet", data)
+        model = odenet.build_view_model("resnet", data, width=width)
         model.load_state_dict(init)
         model.to(device).configure_solver(**_view_cfg(view))
 
@@ -164,7 +167,7 @@ def bench_views(repeats: int, epochs: int, limit_train, device: torch.device) ->
         train_rows.append((view, _label(model.ode_blocks()[0].solver_config()), r["step"][0], nfe["forward"],
                            sum(b.last_stats.n_f_evals_backward + b.last_stats.n_vjp_evals for b in model.ode_blocks())))
         try:
-            trained[view] = odenet.fit(model, data, epochs=epochs, batch_size=64, seed=0, device=str(device),
+            trained[view] = odenet.fit(model, data, epochs=epochs, batch_size=64, lr=lr, seed=0, device=str(device),
                                        quiet=True).model
         except RuntimeError as exc:  # solvers.SolverError included: say so in the table, go on
             print(f"  training the {view} view failed: {type(exc).__name__}: {str(exc)[:160]}")
@@ -215,12 +218,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, for stable timings)")
     p.add_argument("--device", default="cpu", help="torch device to measure on, e.g. cpu or cuda (default cpu)")
     args = p.parse_args(argv)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as exc:
-        p.error(f"--device: {exc}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+    device = parse_device(p, args.device)
     torch.set_num_threads(args.threads)
     repeats = 15 if args.quick else 60
     rows, solve_rows = bench_overhead(repeats, device)
@@ -260,6 +258,8 @@ def main(argv=None) -> None:
            "| net | solvers.solve | ODEBlock layer |", "|---|---|---|"]
     md += [f"| {k} | {1e3 * (ts - tr):+.3f} | {1e3 * (tb - ts):+.3f} |" for k, tr, ts, tb in solve_rows]
     md += ["", "## Per training batch (64 digits, forward+backward), one field architecture", "",
+           f"`odenet compare`'s architecture (parabolic conv field, width {odenet.CompareConfig().width}) and "
+           f"learning rate; each view trained {1 if args.quick else 3} epoch(s) from the same initialisation.", "",
            "| view | solver | ms / batch | NFE forward | NFE backward (f + vjp) |", "|---|---|---|---|---|"]
     md += [f"| {v} | {lab} | {1e3 * s:.2f} | {nf} | {nb} |" for v, lab, s, nf, nb in train_rows]
     md += ["", "## Trained models evaluated under other solvers (forward, batch 256)", "",

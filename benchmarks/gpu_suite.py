@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 import solvers
 
-from ._report import RESULTS
+from ._report import RESULTS, parse_device
 
 T_GRID = 20
 
@@ -252,13 +252,7 @@ def main(argv=None) -> dict:
     p.add_argument("--no-compare", action="store_true", help="skip the `odenet compare` run")
     p.add_argument("--out", default=None, help=f"folder for gpu_suite.md / gpu_suite.json (default {RESULTS})")
     args = p.parse_args(argv)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as exc:
-        p.error(f"--device: {exc}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: CUDA is not available here; this suite is for a GPU machine "
-                "(use --device cpu for a smoke run)")
+    device = parse_device(p, args.device)
     for name in ("batch", "dim"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be a positive integer, got {getattr(args, name)}")

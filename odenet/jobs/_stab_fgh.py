@@ -22,6 +22,11 @@ __all__ = ["MEASURES"]
 
 # ----------------------------------------------------------------------------- F1
 
+#: backward-step budget of F1's plain continuous adjoint (it otherwise crawls for many minutes
+#: once the reverse-time rebuild of the chaotic Lorenz flow leaves the attractor)
+_ADJOINT_STEPS = 5000
+
+
 def f1(ctx: Context) -> Claim:
     field = Lorenz()
     t_end = 1e4 if ctx.full else 1e3
@@ -61,32 +66,51 @@ def f1(ctx: Context) -> Claim:
             vals.append(math.log(float(singular_values(flow, x0).max())))
         logs.append(float(np.mean(vals)))
     slope = log_growth_slope(times, logs)
-    # direct vs checkpoint vs adjoint at one point, T = 8
+    # direct vs checkpoint vs the adjoints at one point, T = 8; the plain continuous adjoint
+    # rebuilds the state backwards in time, which a chaotic flow amplifies: it is measured at
+    # growing horizons, with a step budget, and its departure (or failure) is reported
     x0 = starts[0].clone().requires_grad_(True)
+
+    def grad_at(mode, T, **kw):
+        y = solvers.solve(field, x0, torch.tensor([0.0, T], dtype=torch.float64), method="dopri5", rtol=1e-9,
+                          atol=1e-9, gradient=mode, **kw).ys[-1]
+        return torch.autograd.grad(y.sum(), x0)[0]
+
     grads = {}
-    for mode in ("direct", "checkpoint", "adjoint"):
+    for mode in ("direct", "checkpoint", "checkpointed_adjoint"):
         ctx.tick(f"F1 gradient mode {mode}")
-        y = solvers.solve(field, x0, torch.tensor([0.0, 8.0], dtype=torch.float64), method="dopri5", rtol=1e-9,
-                          atol=1e-9, gradient=mode).ys[-1]
-        (g,) = torch.autograd.grad(y.sum(), x0)
-        grads[mode] = g
+        grads[mode] = grad_at(mode, 8.0)
     d_ck = float((grads["checkpoint"] - grads["direct"]).norm() / grads["direct"].norm())
-    d_adj = float((grads["adjoint"] - grads["direct"]).norm() / grads["direct"].norm())
+    d_aca = float((grads["checkpointed_adjoint"] - grads["direct"]).norm() / grads["direct"].norm())
+    adj = {}
+    for T in (1.0, 2.0, 4.0, 8.0):
+        ctx.tick(f"F1 adjoint T={T:g}")
+        ref = grads["direct"] if T == 8.0 else grad_at("direct", T)
+        try:
+            g = grad_at("adjoint", T, gradient_options=dict(options=dict(max_num_steps=_ADJOINT_STEPS)))
+            adj[f"T={T:g}"] = float((g - ref).norm() / ref.norm())
+        except solvers.SolverError as exc:
+            adj[f"T={T:g}"] = f"failed: {type(exc).__name__}"
+    departs = [k for k, v in adj.items() if not isinstance(v, float) or v > 0.01]
     exp["gradient slope"] = 0.906
     meas["gradient slope"] = slope
     ok &= abs(slope - 0.906) <= 0.1
     exp["checkpoint vs direct"] = "<= 1e-6"
     meas["checkpoint vs direct"] = d_ck
     ok &= d_ck <= 1e-6
-    meas["adjoint vs direct (report)"] = d_adj
+    exp["checkpointed_adjoint vs direct (report)"] = "report"
+    meas["checkpointed_adjoint vs direct (report)"] = d_aca
+    meas["adjoint vs direct (report)"] = adj
     return Claim("F1", "Benettin/QR on Lorenz (10, 28, 8/3): lambda = (0.9056, 0, -14.572), sum = tr J = -13.6667; "
                        "log sigma_max(dx(T)/dx(0)) grows at lambda_1", exp, meas,
                  f"lambda_1 +-{tol1} (T={t_end:g}), |lambda_2| < 0.01, sum +-1e-3, slope +-0.1, checkpoint 1e-6",
                  bool(ok),
                  notes=f"rk4, h=0.01, QR every 1 time unit, T={t_end:g} after a transient of 20, through "
                        f"solvers.solve on the state (x, V) with Lorenz.jvp. Gradient slope: dopri5 (rtol=atol=1e-9, "
-                       f"direct), mean over {n_pts} attractor points, T in {times}. Adjoint departs from direct by "
-                       f"{100 * d_adj:.2g}% at T=8 (reverse-time integration of a chaotic flow).",
+                       f"direct), mean over {n_pts} attractor points, T in {times}. The plain continuous adjoint "
+                       f"(reverse-time rebuild of a chaotic flow, {_ADJOINT_STEPS} backward steps at most) departs "
+                       f"from direct by > 1 % (or fails) at {', '.join(departs) or 'no horizon measured'}; "
+                       f"the checkpointed adjoint stays at {d_aca:.1e} at T=8.",
                  details={"window_std_T1000": spread, "mean_log_sigma_max": dict(zip(map(str, times), logs))})
 
 
