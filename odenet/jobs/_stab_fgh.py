@@ -266,10 +266,19 @@ def g3(ctx: Context) -> Claim:
             "grad_alpha (tensor t1)": float(abs(ga - ga_ref) / abs(ga_ref)),
             "grad_x (ODEBlock t1=alpha)": float((gx_block - gx_ref).norm() / gx_ref.norm())}
     ok = all(v <= 1e-12 for v in meas.values())
+    from ._stab_train import g3_training  # the empirical half (a report): train alpha from {0, 0.1, 1}
+
+    ctx.tick("G3 training")
+    trained = g3_training(ctx)
+    for key, row in trained.items():
+        meas[f"trained {key} (report)"] = row
     return Claim("G3", "y = x + alpha h(x): grad_x = (y-t) + alpha J_h^T (y-t), dl/dalpha = <y-t, h(x)>; alpha is t1 "
                        "of a one-step euler block", {k: 0.0 for k in meas}, meas, "1e-12 relative", ok,
                  notes="MLPField dim 8, alpha = 0.3 as a tensor end time of solvers.solve (and as t1 of an "
-                       "ODEBlock for grad_x). The empirical half (training alpha from {0, 0.1, 1}) is not run.")
+                       "ODEBlock for grad_x); holds is judged on this exact half. Empirical half (reported): "
+                       "stem Linear(2, 8) -> x + alpha h(x) (MLPField(8, 16)) -> Linear(8, 2) on circles (400 "
+                       "samples), Adam lr 1e-2, 150 full-batch steps (--full: 600), alpha learnable from 0, 0.1, 1; "
+                       "dl/dalpha at the first step, the final alpha and test accuracy.")
 
 
 # ----------------------------------------------------------------------------- H
@@ -373,12 +382,28 @@ def h3(ctx: Context) -> Claim:
         exp[key] = {"norm": min(norm0, tau), "cosine": 1.0}
         meas[key] = {"norm": n1, "cosine": cos}
         ok &= abs(n1 - min(norm0, tau)) <= 1e-12 * min(norm0, tau) and abs(cos - 1) <= 1e-12
-    return Claim("H3", "gradient clipping g <- g min(1, tau/|g|): norm min(|g|, tau), direction kept (exact part)",
+    from ._stab_train import h3_training  # the empirical half
+
+    ctx.tick("H3 training")
+    trained = h3_training(ctx)
+    none, one = trained["none"], trained["tau=1"]
+    exp["training none"] = "non-finite loss or max loss > 10x initial"
+    exp["training tau=1"] = "finite, final loss < initial"
+    for key, row in trained.items():
+        meas[f"training {key}"] = row
+    emp = (not none["finite"]) or none["max loss"] > 10 * none["initial loss"]
+    emp &= one["finite"] and one["final loss"] < one["initial loss"]
+    meas["empirical half holds"] = bool(emp)
+    ok &= emp
+    return Claim("H3", "gradient clipping g <- g min(1, tau/|g|): norm min(|g|, tau), direction kept; an "
+                       "unconstrained ResNet at lr 0.1 blows up unclipped and trains with tau=1",
                  exp, meas, "1e-12 relative", ok,
                  notes="torch.nn.utils.clip_grad_norm_ on an MLPField's gradients. torch scales by "
                        "tau / (|g| + 1e-6), so a clipped norm is tau |g| / (|g| + 1e-6), off by ~1e-6/|g| "
-                       "relative: the 1e-12 claim fails for that reason, by design of torch. The empirical half (training an "
-                       "unconstrained ResNet at lr 0.1 with and without clipping) is not run.")
+                       "relative: the 1e-12 claim fails for that reason, by design of torch. Empirical half: MLPField(8, "
+                       "32) under ODEBlock euler h=1, L=20 (shared weights), MSE to sin(x W) on 128 Gaussian inputs, "
+                       "SGD lr 0.1, 30 full-batch steps (--full: 200), tau in {none, 1, 0.1}; clipped fraction = "
+                       "steps with |g| > tau.")
 
 
 MEASURES = {"F1": f1, "F2": f2, "G1": g1, "G2": g2, "G3": g3, "H1": h1, "H2": h2, "H3": h3}
