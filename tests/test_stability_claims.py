@@ -150,3 +150,15 @@ def test_f3_trained_lyapunov_report(ctx):
         assert math.isfinite(row["lambda_1 (QR)"]) and abs(row["lambda_1 (QR)"]) < 1.0
         assert math.isfinite(row["lambda_1 (autograd slope)"])
         assert row["test accuracy"] > 0.5
+
+
+def test_c1_trained_weights_keep_the_bound(ctx):
+    from odenet.jobs._stab_train import c1_trained
+
+    rows = c1_trained(ctx)
+    assert set(rows) == {"trained nu=0 h=0.25", "trained nu=2 h=0.25"}
+    for key, row in rows.items():
+        assert row["loss"][1] < row["loss"][0]  # the weights did train
+        assert row["implicit"] <= row["bound"] * (1 + 1e-6)  # measured 0.921 <= 1, 9.71 <= 16
+    assert rows["trained nu=0 h=0.25"]["implicit"] <= 1 + 1e-6
+    assert abs(rows["trained nu=2 h=0.25"]["bound"] - 16.0) < 1e-12
