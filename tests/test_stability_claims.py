@@ -70,14 +70,14 @@ def test_e1_error_recursion(ctx):
 
 
 def test_g2_gru(ctx):
-    from odenet.jobs._stab_fgh import g2
+    from odenet.jobs._stab_fg import g2
 
     c = g2(ctx)
     assert c.holds is True and c.measured <= 1e-6
 
 
 def test_g3_residual_scale(ctx):
-    from odenet.jobs._stab_fgh import g3
+    from odenet.jobs._stab_fg import g3
 
     c = g3(ctx)
     assert c.holds is True
@@ -89,7 +89,7 @@ def test_g3_residual_scale(ctx):
 
 
 def test_h1_spectral_norm(ctx):
-    from odenet.jobs._stab_fgh import h1
+    from odenet.jobs._stab_h import h1
 
     c = h1(ctx)
     assert abs(c.measured["alpha"] - 1 / 1.3) < 1e-4
@@ -97,7 +97,7 @@ def test_h1_spectral_norm(ctx):
 
 
 def test_h3_clipping_documents_torch_epsilon(ctx):
-    from odenet.jobs._stab_fgh import h3
+    from odenet.jobs._stab_h import h3
 
     c = h3(ctx)
     m = c.measured["tau=1"]

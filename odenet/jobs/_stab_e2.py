@@ -57,7 +57,7 @@ def _autograd(field, method: str, y0, c, n_steps: int, h: float, gradient: str, 
 
 
 def _chain(ctx: Context, field, y0, c):
-    n_steps, h = (10, 0.1) if ctx.full else (5, 0.2)
+    n_steps, h = (10, 0.1) if ctx.full else (4, 0.25)
     exp, meas, ok, errors = {}, {}, True, {}
     for name, cls in one_step_methods(fixed_only=True).items():
         ctx.tick(f"E2 {name}")
@@ -139,7 +139,7 @@ def e2(ctx: Context) -> Claim:
                        "10 rtol); the linearised error recursion e_{n+1} = (I+hJ_n)e_n - tau_{n+1} misses the "
                        "true Euler error by O(h^2)", exp, meas,
                  "1e-12 relative (direct, checkpoint); 10 rtol (adjoint); slope 2 +- 0.2", bool(ok),
-                 notes="MLPField(4, hidden 8, tanh), float64, N=5 steps of h=0.2 (--full: 10 of 0.1) for every "
+                 notes="MLPField(4, hidden 8, tanh), float64, N=4 steps of h=0.25 (--full: 10 of 0.1) for every "
                        "fixed-step one-step method (implicit ones at root_rtol 1e-14, default root finder, which is "
                        "newton at this size); one-step Jacobians by "
                        "torch.func.jacrev (reverse-mode rows where jacrev cannot vmap the implicit solve), gradient "

@@ -27,7 +27,7 @@ def _circles(ctx: Context):
 def trained_views(ctx: Context) -> dict:
     """MLPField classifiers on ``circles`` trained briefly in each view (cached on ``ctx``):
     ``view -> (model, test accuracy)``."""
-    cache = ctx.figures.setdefault("_trained_views", {})
+    cache = ctx.cache.setdefault("trained_views", {})
     if cache:
         return cache
     data = _circles(ctx)
