@@ -26,12 +26,15 @@ class Context:
         Plot data the measurements leave for the report (``name -> data``).
     tick : callable
         Advances the progress bar's postfix with a short status text.
+    cache : dict
+        Results several measurements share within one run (the trained models of F3).
     """
 
     full: bool = False
     seed: int = 0
     figures: Dict[str, Any] = field(default_factory=dict)
     tick: Callable[[str], None] = lambda text: None
+    cache: Dict[str, Any] = field(default_factory=dict)
 
     def generator(self, salt: int) -> torch.Generator:
         """A torch generator seeded from ``seed`` and a claim-specific ``salt``."""

@@ -6,8 +6,9 @@ A readable pipeline::
                     -> Claim list -> results.json + claims.md -> PNGs
 
 Each claim is measured on this project's own solvers, fields and blocks by a function of
-:mod:`odenet.jobs._stab_a` (section A), ``_stab_b`` (B), ``_stab_cde`` (C1, D, E) and
-``_stab_fgh`` (F, G, H) and ``_stab_i`` (I), with the reusable measurements of :mod:`odenet.analysis`.
+:mod:`odenet.jobs._stab_a` (section A), ``_stab_b`` (B), ``_stab_cde`` (C1, D, E1), ``_stab_e2`` (E2),
+``_stab_fg`` (F1, F2, G), ``_stab_h`` (H), ``_stab_train`` (F3 and the trained halves of G3, H3) and
+``_stab_i`` (I), with the reusable measurements of :mod:`odenet.analysis`.
 C2, C3 and H1's PGD half belong to ``odenet robustness``.
 """
 
@@ -20,7 +21,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from . import _stab_a, _stab_b, _stab_cde, _stab_fgh, _stab_i
+from . import _stab_a, _stab_b, _stab_cde, _stab_e2, _stab_fg, _stab_h, _stab_i, _stab_train
 from .._io import check_out_dir
 from ._claims import Claim, write_claims_report
 from ._stab_common import Context
@@ -28,7 +29,8 @@ from ._stab_common import Context
 __all__ = ["StabilityConfig", "stability", "STABILITY_CLAIMS"]
 
 #: Claim ID -> measurement, in CLAIMS.md order.
-_MEASURES = {**_stab_a.MEASURES, **_stab_b.MEASURES, **_stab_cde.MEASURES, **_stab_fgh.MEASURES,
+_MEASURES = {**_stab_a.MEASURES, **_stab_b.MEASURES, **_stab_cde.MEASURES, **_stab_e2.MEASURES,
+             **_stab_fg.MEASURES, **_stab_h.MEASURES, **_stab_train.MEASURES,
              **_stab_i.MEASURES}
 STABILITY_CLAIMS = tuple(sorted(_MEASURES, key=lambda k: (k[0], int(k[1:]))))
 
