@@ -14,8 +14,13 @@ def test_smoke_run_on_cpu_writes_every_case(tmp_path):
     cases = {r["case"].split(",")[0].split(" ")[0] for r in res["rows"]}
     assert cases == {"adaptive", "continuous", "per-sample", "euler"}
     impls = {(r["case"], r["impl"]) for r in res["rows"]}
-    assert ("adaptive dopri5 forward, tol 1e-6", "torchdiffeq") in impls
-    assert ("adaptive dopri5 forward, tol 1e-6", "torchode") in impls
+    assert ("adaptive dopri5 forward, tol 1e-6", "torchdiffeq") in impls  # torchdiffeq is a test dependency
+    try:  # torchode comes with the bench extra; when present it is measured too
+        import torchode  # noqa: F401
+
+        assert ("adaptive dopri5 forward, tol 1e-6", "torchode") in impls
+    except ImportError:
+        assert res["meta"]["peers"] == ["torchdiffeq"]
     for r in res["rows"]:
         assert r["seconds"] > 0 and math.isfinite(r["ratio"]) and r["nfe"] > 0
     # the reference of each case has ratio exactly 1
