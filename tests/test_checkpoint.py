@@ -122,6 +122,19 @@ def test_adaptive_implicit_equals_direct(root_finder, t_list):
     assert _rel(gd, gc) <= 1e-11  # measured 0 (Newton) to 3.4e-12 (Anderson)
 
 
+@pytest.mark.parametrize("root_finder", ["newton", "newton_krylov", "anderson"])
+def test_radau5_equals_direct(root_finder):
+    """The adaptive collocation pair: no rejected step here, so the replay repeats the direct
+    solve exactly (with Newton this raised a CheckpointError before the coupled-stage Jacobian
+    graph was kept out of the checkpoint's hooks)."""
+    net = _net()
+    gd, sd = _grads(net, "direct", [0.0, 0.3, 1.0, 1.5], "radau5", dict(root_finder=root_finder))
+    gc, sc = _grads(net, "checkpoint", [0.0, 0.3, 1.0, 1.5], "radau5", dict(root_finder=root_finder))
+    assert sd.stats.n_rejected == 0
+    assert _rel(gd, gc) <= 1e-11  # measured 0
+    assert float((sd.ys - sc.ys).detach().abs().max()) <= 1e-13
+
+
 def test_adaptive_implicit_with_rejections_agrees_to_tolerance():
     """With rejected steps (kvaerno3 here) the replay skips the rejected attempts that made
     Newton refresh its Jacobian, so it agrees with direct to the solve tolerance, not to
