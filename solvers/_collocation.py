@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ._base import AbstractImplicitSolver, StepResult
-from ._ift import StageEquation, _Spec, attach_ift, needs_graph, per_sample_jacobian
+from ._ift import StageEquation, _private_graph, _Spec, attach_ift, needs_graph, per_sample_jacobian
 from ._implicit import ImplicitOptions, _solve_cache, func_stats
 from ._registry import register_method
 from ._root import BatchView, Tolerance, alternatives
@@ -98,7 +98,7 @@ class CollocationEquation:
     def jacobian(self, x):
         xs = x.reshape(self.B, self.s, self.n)
         fs = [self._f(j, xs[:, j]) for j in range(self.s - 1)]
-        with torch.enable_grad():
+        with torch.enable_grad(), _private_graph():  # kept out of checkpoint's hooks (see _private_graph)
             xr = xs[:, -1].detach().requires_grad_(True)
             fx = self._f(self.s - 1, xr)
         Jf = per_sample_jacobian(fx, xr).detach()  # (B, n, n)
