@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from torch.utils.checkpoint import CheckpointError
 
 from odenet.jobs import _stab_e2 as e2m
 from odenet.jobs._stab_common import Context
@@ -52,8 +51,6 @@ def test_collocation_checkpoint_with_anderson(setup):
     assert float((g - ref).norm() / ref.norm()) <= 1e-12
 
 
-@pytest.mark.xfail(raises=CheckpointError, strict=True,
-                   reason="open bug: checkpoint + collocation methods + newton (cached Jacobian) raises")
 def test_collocation_checkpoint_with_newton(setup):
     ctx, field, y0, c = setup
     ref = e2m._step_product(field, "gl4", y0, c, 3, 0.2, e2m._TIGHT)
