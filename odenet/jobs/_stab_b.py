@@ -198,7 +198,10 @@ def b3(ctx: Context) -> Claim:
         if ref is not None:
             r_ref_inf = float(np.real(ref(np.array([xs[-1]])))[0])
             exp["R(-1e6)"] = r_ref_inf
-            ok &= abs(r_inf - r_ref_inf) <= 1e-10 * max(1.0, abs(r_ref_inf))
+            # both the step and the reference solve with I - zA, whose condition number grows like
+            # |z|: at z = -1e6 rounding alone is ~|z| eps = 2.2e-10, so the bound is 10 |z| eps
+            # (kvaerno3 measured 1.1e-10 apart); the 1e-10 of smaller |z| stays for the other checks
+            ok &= abs(r_inf - r_ref_inf) <= 10 * abs(float(xs[-1])) * np.finfo(np.float64).eps * max(1.0, abs(r_ref_inf))
             near = np.abs(ys) <= 1e4  # beyond, solving (I - zA) loses digits in step and reference alike
             dev_im = float(np.max(np.abs(np.abs(r_im[near]) - np.abs(ref(ys[near])))))
             meas["max| |R(iy)| - |R_ref(iy)| |, |y| <= 1e4"] = dev_im
@@ -219,9 +222,12 @@ def b3(ctx: Context) -> Claim:
     return Claim(
         "B3", "implicit methods: A-stable on both axes up to |h lam| = 1e6; implicit_euler and kvaerno L-stable "
               "(R(-inf) = 0); midpoint, trapezoid, Gauss-Legendre |R(iy)| = 1 and R(-inf) = -1",
-        expected, measured, "1e-12 (|R| bounds), 1e-10 (R(-1e6) vs reference)", bool(holds),
+        expected, measured, "1e-12 (|R| bounds), 1e-10 (|R(iy)| vs reference), 10 |z| eps = 2.2e-9 (R(-1e6) vs "
+                            "reference: rounding of I - zA)", bool(holds),
         notes="one step of each registered implicit method on 400 points per axis, |z| in [1e-3, 1e6]; one step "
-              "suffices since y_N = R^N y_0. |R(iy)| is compared with the reference (CLAIMS.md's closed form or the tableau's) at B1's implicit tolerance 1e-10 for |y| <= 1e4 only: both solve (I - zA), whose conditioning grows like |z|, so at 1e6 the reference itself is only good to ~1e-10. L-stability is read as |R(-1e6)| <= 1e-5 (R = O(1/|z|)).",
+              "suffices since y_N = R^N y_0. |R(iy)| is compared with the reference (CLAIMS.md's closed form or the tableau's) at B1's implicit tolerance 1e-10 for |y| <= 1e4 only: both solve (I - zA), whose conditioning grows like |z|, so at 1e6 the reference itself is only good to ~1e-10. L-stability is read as |R(-1e6)| <= 1e-5 (R = O(1/|z|)). CLAIMS.md's R(-inf) = -1 "
+              "holds for the odd-stage Gauss-Legendre methods (midpoint, gl6); gl4 (2 stages) has R(-inf) = +1 by its "
+              "own closed form (1 + z/2 + z^2/12)/(1 - z/2 + z^2/12), and is judged against that reference.",
         details={"per_method": per})
 
 
