@@ -56,7 +56,7 @@ for k in range(n_bounces):
 t1 = (2 * h.detach() / g).sqrt()
 closed = [t1 * (1 + 2 * sum(e**j for j in range(1, n + 1))) for n in range(n_bounces)]
 for n, (tn, cn) in enumerate(zip(impacts, closed), 1):
-    print(f"impact {n}: t = {float(tn):.9f}  closed form {float(cn):.9f}")
+    print(f"impact {n}: t = {tn.item():.9f}  closed form {cn.item():.9f}")
 
 # %%
 # The gradient of the last impact time with respect to the drop height, against the
@@ -68,7 +68,7 @@ print(f"d t_{n_bounces} / d h = {float(h.grad):.9f}  closed form {float(closed[-
 fig, ax = plt.subplots(figsize=(7, 3.5))
 for ts, xs in curves:
     ax.plot(ts, xs, color="tab:blue")
-ax.plot([float(t) for t in impacts], [0.0] * len(impacts), "o", color="tab:red", label="located events")
+ax.plot([t.item() for t in impacts], [0.0] * len(impacts), "o", color="tab:red", label="located events")
 ax.set_xlabel("t")
 ax.set_ylabel("height x(t)")
 ax.legend()
