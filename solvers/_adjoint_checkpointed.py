@@ -80,7 +80,9 @@ class _CheckpointedAdjointFunction(torch.autograd.Function):
         box["outcome"] = outcome
         if outcome.status.ok:
             states = method.starts + ([method.last] if method.last is not None else [])
-            assert len(states) == len(record), (len(states), len(record))
+            if len(states) != len(record):  # an internal invariant: one stored state per recorded step
+                raise RuntimeError(f"checkpointed adjoint: {len(states)} stored states for {len(record)} recorded "
+                                   "steps (a bug in solvers; please report it)")
             box["nodes"] = (list(record), states)
         ctx.box = box
         ctx.save_for_backward(ys, t)

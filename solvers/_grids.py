@@ -118,6 +118,30 @@ def add_sample_stats(stats, B: int, device) -> None:
 # ----------------------------------------------------------------------------- fixed steps
 
 
+def _masked_step(field, method, cfg, stats, on_step, y, f0, ta, hb, live, tdt, rdt):
+    """One step of every sample from ``ta`` by ``hb`` (``[B]``); samples not ``live`` are held.
+
+    Returns the new state and the derivative to reuse next step (``None``: evaluate it),
+    or ``(None, None)`` when an implicit stage did not converge.
+    """
+    ts = [(ta + c * hb).to(tdt) for c in method.stage_c]
+    h = expand_b(hb.to(rdt), y)
+    e0 = stats.n_f_evals
+    if f0 is None:
+        f0 = field(ts[0], y)
+    res = method.step(field, ts, y, h, f0)
+    if not res.ok:
+        return None, None
+    if on_step is not None:
+        on_step(res, live, hb)
+    keep = expand_b(live, y)
+    y1 = torch.where(keep, res.y1, y)
+    stats.sample_f_evals += (stats.n_f_evals - e0) * live
+    stats.sample_accepted += live
+    f1 = None if (cfg.perturb or res.f1 is None) else torch.where(keep, res.f1, f0)
+    return y1, f1
+
+
 def fixed_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, method, cfg, stats, on_step=None):
     """Fixed-step solve on a per-sample grid: each sample steps its own span.
 
@@ -131,7 +155,6 @@ def fixed_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tenso
     B, T = t.shape
     dev = y0.device
     add_sample_stats(stats, B, dev)
-    cs = method.stage_c
     t64 = t.to(torch.float64)
     tdt = t.dtype
     rdt = y0.real.dtype
@@ -147,22 +170,10 @@ def fixed_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tenso
             ta, tb = t64[:, i], t64[:, i + 1]
             hb = tb - ta  # (B,) zero on padding
             live = hb != 0
-            ts = [(ta + c * hb).to(tdt) for c in cs]
-            h = expand_b(hb.to(rdt), y)
-            e0 = stats.n_f_evals
-            if f0 is None:
-                f0 = field(ts[0], y)
-            res = method.step(field, ts, y, h, f0)
-            if not res.ok:
+            y, f0 = _masked_step(field, method, cfg, stats, on_step, y, f0, ta, hb, live, tdt, rdt)
+            if y is None:
                 return Outcome(outs, Status.ROOT_FINDER, float(ta.min()), f"the implicit solve of step {i} did not converge")
-            if on_step is not None:
-                on_step(res, live, hb)
-            y1 = torch.where(expand_b(live, y), res.y1, y)
-            stats.sample_f_evals += (stats.n_f_evals - e0) * live
-            stats.sample_accepted += live
-            outs.append(y1)
-            y = y1
-            f0 = None if (cfg.perturb or res.f1 is None) else torch.where(expand_b(live, y), res.f1, f0)
+            outs.append(y)
         outs.extend([y] * (T - 1 - n))
         stats.n_steps += n
         stats.n_accepted += total
@@ -181,22 +192,10 @@ def fixed_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tenso
         tb = torch.where(nb == i + 1, t_end, torch.minimum(t0 + (i + 1) * step, t_end))
         hb = (tb - ta).clamp(min=0)
         live = nb > i
-        ts = [(ta + c * hb).to(tdt) for c in cs]
-        h = expand_b(hb.to(rdt), y)
-        e0 = stats.n_f_evals
-        if f0 is None:
-            f0 = field(ts[0], y)
-        res = method.step(field, ts, y, h, f0)
-        if not res.ok:
+        y, f0 = _masked_step(field, method, cfg, stats, on_step, y, f0, ta, hb, live, tdt, rdt)
+        if y is None:
             return Outcome(states[:1], Status.ROOT_FINDER, float(ta.min()), f"the implicit solve of step {i} did not converge")
-        if on_step is not None:
-            on_step(res, live, hb)
-        y1 = torch.where(expand_b(live, y), res.y1, y)
-        stats.sample_f_evals += (stats.n_f_evals - e0) * live
-        stats.sample_accepted += live
-        states.append(y1)
-        y = y1
-        f0 = None if (cfg.perturb or res.f1 is None) else torch.where(expand_b(live, y), res.f1, f0)
+        states.append(y)
     stats.n_steps += n
     stats.n_accepted += total
     Y = torch.stack(states)  # (n+1, B, ...)
