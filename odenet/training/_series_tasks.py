@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data._irregular import SeriesData
 from ._distributed import _Dist
-from ._tasks import AbstractTask, _unwrap
+from ._tasks import AbstractTask, _unwrap, eval_mode
 
 __all__ = ["SequenceClassificationTask", "SeriesRegressionTask", "series_task"]
 
@@ -86,20 +86,14 @@ class SequenceClassificationTask(_SeriesTask):
 
     @torch.no_grad()
     def evaluate(self, model, *, batch_size, ctx):
-        m = _unwrap(model)
-        was = m.training
-        m.eval()
-        device = next(m.parameters()).device
         loss = correct = n = 0.0
-        try:
+        with eval_mode(model) as (m, device):
             for idx in self._chunks(len(self.data.test), batch_size, ctx):
                 logits = m(self.data.test.index(idx).to(device))
                 y = self.data.y_test[idx].to(device)
                 loss += float(F.cross_entropy(logits, y, reduction="sum"))
                 correct += float((logits.argmax(1) == y).sum())
                 n += len(idx)
-        finally:
-            m.train(was)
         loss, correct, n = ctx.all_sum([loss, correct, n], device)
         return {"loss": loss / max(n, 1.0), "acc": correct / max(n, 1.0), "n": int(n)}
 
@@ -129,20 +123,14 @@ class SeriesRegressionTask(_SeriesTask):
 
     @torch.no_grad()
     def evaluate(self, model, *, batch_size, ctx):
-        m = _unwrap(model)
-        was = m.training
-        m.eval()
-        device = next(m.parameters()).device
         sq = count = n = 0.0
-        try:
+        with eval_mode(model) as (m, device):
             for idx in self._chunks(len(self.data.test), batch_size, ctx):
                 target = self.data.target_test.index(idx).to(device)
                 pred = m.predict(self.data.test.index(idx).to(device), target.times, target.lengths)
                 sq += float((((pred - target.values) ** 2) * target.mask).sum())
                 count += float(target.mask.sum())
                 n += len(idx)
-        finally:
-            m.train(was)
         sq, count, n = ctx.all_sum([sq, count, n], device)
         mse = sq / max(count, 1.0)
         return {"loss": mse, "mse": mse, "n": int(n)}

@@ -27,6 +27,7 @@ Rules for implementers of :class:`AbstractTask`:
 from __future__ import annotations
 
 import abc
+import contextlib
 from typing import Any, Iterator
 
 import torch
@@ -147,6 +148,18 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """The unwrapped module in eval mode and its device; the training flag is restored on exit."""
+    module = _unwrap(model)
+    was_training = module.training
+    module.eval()
+    try:
+        yield module, next(module.parameters()).device
+    finally:
+        module.train(was_training)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256,
              _ctx: _Dist | None = None) -> dict:
@@ -156,19 +169,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
     ``loss``, ``accuracy`` (in [0, 1]) and ``n``.
     """
     ctx = _ctx or _Dist()
-    module = _unwrap(model)
-    was_training = module.training
-    module.eval()
-    device = next(module.parameters()).device
     idx = torch.arange(ctx.rank, len(y), ctx.world)
     loss_sum = correct = 0.0
-    try:
+    with eval_mode(model) as (module, device):
         for xb, yb in iterate_batches(x, y, batch_size, indices=idx):
             xb, yb = xb.to(device), yb.to(device)
             logits = module(xb)
             loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
             correct += float((logits.argmax(1) == yb).sum())
-    finally:
-        module.train(was_training)
     loss_sum, correct, n = ctx.all_sum([loss_sum, correct, float(len(idx))], device)
     return {"loss": loss_sum / max(n, 1.0), "accuracy": correct / max(n, 1.0), "n": int(n)}
