@@ -13,7 +13,9 @@ one vector-Jacobian product at the root. The iterations are never differentiated
 
 The transposed system is solved by the forward root finder applied to the linear map
 ``lam -> g + gamma J^T lam`` (Picard/Anderson: fixed point on the transpose; Newton: a
-per-sample dense Jacobian, exact in one iteration; Newton–Krylov: GMRES with VJPs).
+per-sample dense Jacobian, exact in one iteration). For Newton–Krylov the system is
+solved directly: one restarted GMRES with VJPs to ``rtol |g|`` per sample, its residual
+then checked (a Newton iteration around a linear solve would only add products).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from typing import Optional
 
 import torch
 
+from ._krylov import gmres
 from ._root import AbstractRootFinder, BatchView, Tolerance, alternatives
+from ._rootbase import work_dtype
 from ._solution import RootFinderError
 
 __all__ = ["StageEquation", "TransposeEquation", "solve_stage", "per_sample_jacobian", "attach_ift", "needs_graph"]
@@ -162,6 +166,8 @@ class _Spec:
             stats.n_f_evals_backward += stats.n_f_evals - n0
             stats.n_f_evals = n0
         eq = TransposeEquation(fx, xr, self.gamma, g, stats)
+        if self.finder.backward_kind == "krylov":
+            return view.state(self._gmres_transpose(eq, g))
         # accuracy relative to the size of the incoming gradient, per sample
         gs = torch.sqrt(torch.mean(g * g, dim=1, keepdim=True))
         tol = Tolerance(self.rtol, self.rtol * gs + torch.finfo(g.dtype).tiny)
@@ -174,6 +180,38 @@ class _Spec:
                 + alternatives(self.finder.name)
             )
         return view.state(res.x)
+
+
+    def _gmres_transpose(self, eq: "TransposeEquation", g: torch.Tensor) -> torch.Tensor:
+        """``(I - gamma J^T) lam = g`` is linear: one restarted GMRES to ``rtol |g|`` per sample
+        (no Newton iteration around it, no line search), then its residual checked with one
+        more VJP."""
+        finder, stats = self.finder, self.stats
+        w = work_dtype(g.dtype)
+
+        def op(v):
+            return (v - eq._jt(v.to(g.dtype))).to(w)
+
+        gw = g.to(w)
+        # the cycles a linear solve may take: the finder's Newton budget of GMRES cycles
+        restart = getattr(finder, "restart", 20)
+        cycles = getattr(finder, "max_restarts", 2) * max(getattr(finder, "max_iters", 1), 1)
+        lam = gmres(op, gw, rtol=self.rtol, restart=restart, max_restarts=cycles)
+        stats.n_linear_solves += 1
+        stats.n_backward_root_iters += 1
+        res = torch.linalg.vector_norm(gw - op(lam), dim=1)
+        bound = self.rtol * torch.linalg.vector_norm(gw, dim=1) * 1.01 + torch.finfo(w).tiny
+        bad = ~(res <= bound)  # NaN counts as bad
+        if bool(bad.any()):
+            worst = float((res / bound.clamp_min(torch.finfo(w).tiny)).max())
+            raise RootFinderError(
+                f"the transposed linear solve of an implicit step's gradient (t={float(self.t):.6g}) did not reach its "
+                f"tolerance with GMRES in {int(bad.sum())} of {g.shape[0]} sample(s) (residual up to {worst:.3g} x the "
+                f"bound rtol |g|, rtol={self.rtol:g}, {cycles} restart cycles of {restart}); the Newton matrix "
+                "I - h J is ill-conditioned here: use a smaller step, root_finder='newton' for small states, or raise "
+                "NewtonKrylov(restart=..., max_restarts=...)"
+            )
+        return lam.to(g.dtype)
 
 
 class _TransposeSolve(torch.autograd.Function):

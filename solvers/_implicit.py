@@ -21,6 +21,10 @@ Options (constructor keywords, also accepted in ``odeint(..., options=...)``):
     Tolerances of the convergence test ``atol + rtol*|z|`` (per sample). By default
     ``0.1 *`` the solve's ``rtol``/``atol`` (which the API stores on the vector field;
     ``1e-7``/``1e-9`` when it did not), never below 100 ulps of the state's dtype.
+``jvp``
+    How Newton–Krylov forms Jacobian-vector products: ``"autograd"`` (default, exact,
+    double backward) or ``"finite_difference"`` (one field evaluation each); see
+    :class:`~solvers.NewtonKrylov`. Only with ``root_finder="newton_krylov"`` or ``"auto"``.
 ``predictor``
     Initial guess of a stage: ``"explicit"`` (``c_i + h a_ii k_{i-1}``, an explicit step),
     ``"constant"`` (the previous stage value) or ``"auto"`` (explicit for fixed point and
@@ -84,20 +88,20 @@ class ImplicitOptions:
     #: unknowns of one root solve per state component (1: one stage at a time; a
     #: collocation method solves all ``s`` stages together)
     _auto_unknowns = 1
-    option_names = ("root_finder", "max_iters", "damping", "root_rtol", "root_atol", "predictor")
+    option_names = ("root_finder", "max_iters", "damping", "root_rtol", "root_atol", "predictor", "jvp")
 
     def __init__(self, **options):
         AbstractSolver.__init__(self, **options)
         rf = options.get("root_finder", "auto")
-        max_iters, damping = options.get("max_iters"), options.get("damping")
+        max_iters, damping, jvp = options.get("max_iters"), options.get("damping"), options.get("jvp")
         if rf == "auto":
             if damping is not None:
                 raise ValueError("option `damping` needs root_finder='fixed_point' or 'anderson'")
             kw = {} if max_iters is None else {"max_iters": max_iters}
-            self._auto = (Newton(**kw), NewtonKrylov(**kw))
+            self._auto = (Newton(**kw), NewtonKrylov(**kw, **({} if jvp is None else {"jvp": jvp})))
             self._finder = None
         else:
-            self._finder = get_root_finder(rf, max_iters, damping)
+            self._finder = get_root_finder(rf, max_iters, damping, jvp)
         self._root_rtol = _check_tol("root_rtol", options.get("root_rtol"))
         self._root_atol = _check_tol("root_atol", options.get("root_atol"))
         pred = options.get("predictor", "auto")

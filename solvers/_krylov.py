@@ -15,6 +15,14 @@ class NewtonKrylov(AbstractRootFinder):
     sample has its own Krylov space (batched Arnoldi); the linear solve stops at a relative
     residual ``forcing`` per sample.
 
+    ``jvp="autograd"`` (default) forms ``J v`` exactly by double backward (about two
+    backward passes of the field each); ``jvp="finite_difference"`` by a forward difference
+    ``(G(x + eps v) - G(x)) / eps`` with the per-sample step ``eps = sqrt(u (1 + |x|)) / |v|``
+    (``u`` the unit roundoff; Knoll & Keyes 2004): one evaluation of the field per product,
+    accurate to about ``sqrt(u)`` relative, which an inexact Newton iteration with
+    ``forcing >= 1e-3`` does not notice (the residual the convergence test judges is always
+    the exact ``G(x) - x``; gradients never use these products).
+
     Globalised by a per-sample backtracking line search on the residual norm: a sample
     whose full Newton step does not reduce ``|G(x) - x|`` by the Armijo factor
     ``1 - 1e-4 * alpha`` halves its step (at most ``max_backtracks`` times; one batched
@@ -27,10 +35,15 @@ class NewtonKrylov(AbstractRootFinder):
     name = "newton_krylov"
     backward_kind = "krylov"
     explicit_predictor = False
+    #: how Jacobian-vector products are formed
+    JVP_MODES = ("autograd", "finite_difference")
 
     def __init__(self, max_iters: int = 20, restart: int = 20, max_restarts: int = 2, forcing: float = 1e-2,
-                 divergence_rate: float = 2.0, max_backtracks: int = 8):
+                 divergence_rate: float = 2.0, max_backtracks: int = 8, jvp: str = "autograd"):
         super().__init__(max_iters, divergence_rate)
+        if jvp not in self.JVP_MODES:
+            raise ValueError(f"`jvp` must be one of {self.JVP_MODES}, got {jvp!r}")
+        self.jvp = jvp
         self.restart = _positive_int("restart", restart)
         self.max_restarts = _positive_int("max_restarts", max_restarts)
         self.forcing = _positive_float("forcing", forcing, 1.0)
@@ -58,7 +71,7 @@ class NewtonKrylov(AbstractRootFinder):
         mon = _Monitor(x.shape[0], x.device, self.divergence_rate)
         k = 0
         for k in range(1, self.max_iters + 1):
-            g, jvp = eq.linearize(x)
+            g, jvp = eq.linearize(x) if self.jvp == "autograd" else _fd_linearize(eq, x)
             r = g - x
 
             def op(v, jvp=jvp):
@@ -84,6 +97,20 @@ class NewtonKrylov(AbstractRootFinder):
         return mon.result(x, k, self.max_iters)
 
 
+def _fd_linearize(eq, x):
+    """``G(x)`` and ``v -> J_G(x) v`` by forward differences (one ``G`` evaluation each)."""
+    g = eq.G(x)
+    u = torch.finfo(x.dtype).eps
+    xn = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+
+    def jvp(v):
+        vn = torch.linalg.vector_norm(v, dim=1, keepdim=True)
+        eps = torch.sqrt(u * (1 + xn)) / vn.clamp_min(torch.finfo(x.dtype).tiny)
+        return (eq.G(x + eps * v) - g) / eps
+
+    return g, jvp
+
+
 def gmres(op, b: torch.Tensor, rtol: float = 1e-2, restart: int = 20, max_restarts: int = 2, return_residual: bool = False):
     """Batched restarted GMRES: solve ``op(x) = b`` for each row of ``b`` (``(B, n)``).
 
@@ -92,12 +119,18 @@ def gmres(op, b: torch.Tensor, rtol: float = 1e-2, restart: int = 20, max_restar
     the caller's outer iteration judges the result). With ``return_residual`` it returns
     ``(x, res)``, ``res`` the ``(B,)`` residual norms ``|b - op(x)|`` (from the Arnoldi
     relation, no extra application of ``op``).
+
+    The small least-squares problem is kept triangular by Givens rotations (Saad & Schultz
+    1986), updated in ``O(j)`` elementwise operations per iteration and solved by back
+    substitution: no LAPACK call, so the result is bitwise reproducible (a batched
+    ``lstsq`` can differ in the last bits between calls with the same input).
     """
     B, n = b.shape
     x = torch.zeros_like(b)
     bnorm = torch.linalg.vector_norm(b, dim=1)  # (B,)
     target = rtol * bnorm
     m = min(restart, n)
+    tiny = torch.finfo(b.dtype).tiny
     resid = bnorm
     for cycle in range(max_restarts):
         r = b - op(x) if cycle else b
@@ -105,28 +138,44 @@ def gmres(op, b: torch.Tensor, rtol: float = 1e-2, restart: int = 20, max_restar
         resid = beta
         if bool((beta <= target).all()):
             break
-        V = [r / beta.clamp_min(torch.finfo(b.dtype).tiny)[:, None]]
-        H = torch.zeros(B, m + 1, m, dtype=b.dtype, device=b.device)
-        e1 = torch.zeros(B, m + 1, 1, dtype=b.dtype, device=b.device)
-        e1[:, 0, 0] = beta
-        y = None
+        V = [r / beta.clamp_min(tiny)[:, None]]
+        R = []  # R[j][i]: entry (i, j) of the rotated Hessenberg matrix, (B,) each
+        cs, sn = [], []
+        g = [beta]  # rotated right-hand side beta e1
         for j in range(m):
             w = op(V[j])
+            col = []
             for i in range(j + 1):  # modified Gram-Schmidt, per row
                 hij = (w * V[i]).sum(dim=1)
-                H[:, i, j] = hij
+                col.append(hij)
                 w = w - hij[:, None] * V[i]
             hn = torch.linalg.vector_norm(w, dim=1)
-            H[:, j + 1, j] = hn
-            V.append(w / hn.clamp_min(torch.finfo(b.dtype).tiny)[:, None])
-            Hj = H[:, : j + 2, : j + 1]  # (B, j+2, j+1)
-            y = torch.linalg.lstsq(Hj, e1[:, : j + 2]).solution  # (B, j+1, 1)
-            res = torch.linalg.vector_norm(e1[:, : j + 2] - Hj @ y, dim=(1, 2))
+            V.append(w / hn.clamp_min(tiny)[:, None])
+            for i in range(j):  # earlier rotations
+                a, c = col[i], col[i + 1]
+                col[i], col[i + 1] = cs[i] * a + sn[i] * c, cs[i] * c - sn[i] * a
+            d = torch.sqrt(col[j] * col[j] + hn * hn)
+            safe = d > 0
+            cj = torch.where(safe, col[j] / d.clamp_min(tiny), torch.ones_like(d))
+            sj = torch.where(safe, hn / d.clamp_min(tiny), torch.zeros_like(d))
+            col[j] = torch.where(safe, d, col[j])
+            cs.append(cj)
+            sn.append(sj)
+            g.append(-sj * g[j])
+            g[j] = cj * g[j]
+            R.append(col)
+            res = g[j + 1].abs()
             if bool((res <= target).all()):
                 break
-        Vm = torch.stack(V[: y.shape[1]], dim=2)  # (B, n, j+1)
-        x = x + (Vm @ y)[:, :, 0]
+        k = len(R)
+        y = [None] * k  # back substitution R y = g
+        for i in range(k - 1, -1, -1):
+            acc = g[i]
+            for jj in range(i + 1, k):
+                acc = acc - R[jj][i] * y[jj]
+            piv = R[i][i]
+            y[i] = torch.where(piv != 0, acc / torch.where(piv != 0, piv, torch.ones_like(piv)), torch.zeros_like(acc))
+        for i in range(k):
+            x = x + y[i][:, None] * V[i]
         resid = res
     return (x, resid) if return_residual else x
-
-
