@@ -161,8 +161,10 @@ def gmres(op, b: torch.Tensor, rtol: float = 1e-2, restart: int = 20, max_restar
             col[j] = torch.where(safe, d, col[j])
             cs.append(cj)
             sn.append(sj)
-            g.append(-sj * g[j])
-            g[j] = cj * g[j]
+            # a zero column (d = 0: the Hessenberg matrix is singular, e.g. op = 0) leaves the
+            # residual where it was; it must not read as an exact ("lucky") breakdown
+            g.append(torch.where(safe, -sj * g[j], g[j]))
+            g[j] = torch.where(safe, cj * g[j], torch.zeros_like(g[j]))
             R.append(col)
             res = g[j + 1].abs()
             if bool((res <= target).all()):

@@ -102,3 +102,18 @@ def test_bad_jvp_option():
         _solve(f, y0, root_finder="anderson", jvp="finite_difference")
     with pytest.raises(ValueError, match="`jvp`"):
         _solve(f, y0, root_finder=solvers.NewtonKrylov(), jvp="finite_difference")
+
+
+def test_gmres_on_a_singular_operator_reports_its_residual():
+    from solvers._krylov import gmres
+
+    b = torch.tensor([[1.0, 2.0], [0.0, 3.0]], dtype=D)
+    x, res = gmres(lambda v: torch.zeros_like(v), b, rtol=1e-8, return_residual=True)
+    assert torch.equal(x, torch.zeros_like(b))
+    assert torch.allclose(res, torch.linalg.vector_norm(b, dim=1))  # nothing solved: residual |b|
+    # a nonsingular operator: solved, residual tiny; the identity breaks down luckily at once
+    A = torch.tensor([[2.0, 1.0], [-1.0, 3.0]], dtype=D)
+    x, res = gmres(lambda v: v @ A.T, b, rtol=1e-12, return_residual=True)
+    assert torch.allclose(x @ A.T, b, atol=1e-12) and bool((res <= 1e-11).all())
+    x, res = gmres(lambda v: v, b, rtol=1e-12, return_residual=True)
+    assert torch.allclose(x, b) and bool((res <= 1e-12).all())
