@@ -90,16 +90,19 @@ def _epsilon_list(text: str) -> list[float]:
     return values
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, compare: bool = False) -> None:
+    """The options ``train`` and ``compare`` share; ``compare`` has its own defaults (its help says them)."""
+    d = dict(batch=32, lr="1e-2", width=16, expansion=0.0, sn="on", head="flatten", sched="onecycle") if compare \
+        else dict(batch=64, lr="3e-3", width=32, expansion=2.0, sn="off", head="pool", sched="constant")
     p.add_argument("--data", default="digits", choices=_DATASETS,
                    help="dataset (default: digits, scikit-learn's bundled 8x8 images)")
     p.add_argument("--epochs", type=_positive_int, help="number of epochs")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="batch size (default 64)")
-    p.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    p.add_argument("--batch-size", type=_positive_int, default=d["batch"], help=f"batch size (default {d['batch']})")
+    p.add_argument("--lr", type=_positive_float, default=float(d["lr"]),
+                   help=f"Adam learning rate, the peak of --lr-schedule (default {d['lr']})")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
-    p.add_argument("--width", type=_positive_int, default=32,
-                   help="channels of the conv field / hidden units of the MLP field (default: train 32, "
-                        "compare 16)")
+    p.add_argument("--width", type=_positive_int, default=d["width"],
+                   help=f"channels of the conv field / hidden units of the MLP field (default {d['width']})")
     p.add_argument("--device", default="auto", choices=("cpu", "cuda", "auto"),
                    help="where to train (default: auto = cuda if available)")
     p.add_argument("--limit-train", type=_positive_int, default=None,
@@ -111,13 +114,13 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="the vector field: parabolic (default; one-sided Lipschitz bound EXPANSION, so "
                         "backward Euler is well posed for steps h < 1/EXPANSION) or unconstrained")
     p.add_argument("--expansion", type=float, default=None,
-                   help="the parabolic field's one-sided Lipschitz bound (default 2.0)")
-    p.add_argument("--spectral-norm", action="store_true",
-                   help="spectrally normalise the field's layers (bounds its Lipschitz constant)")
+                   help=f"the parabolic field's one-sided Lipschitz bound (default {d['expansion']})")
+    p.add_argument("--spectral-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"spectrally normalise the field's layers (bounds its Lipschitz constant; default {d['sn']})")
     p.add_argument("--head", choices=("pool", "flatten"), default=None,
-                   help="image classifier head: pool (global average pool + linear; default) or flatten")
+                   help=f"image classifier head: pool (global average pool + linear) or flatten (default {d['head']})")
     p.add_argument("--lr-schedule", choices=("constant", "cosine", "onecycle"), default=None,
-                   help="learning-rate schedule over all batches, --lr its peak (default constant)")
+                   help=f"learning-rate schedule over all batches, --lr its peak (default {d['sched']})")
     p.add_argument("--kinetic", type=_nonneg_float, default=None,
                    help="weight of the kinetic-energy penalty int |f|^2 dt (default 0: off)")
     p.add_argument("--jacobian-reg", type=_nonneg_float, default=None,
@@ -169,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and the Neural ODE (dopri5 + checkpointed adjoint) from the same initial weights; "
                     "print one table (accuracy, time, function evaluations, memory, FGSM, "
                     "cross-solver accuracy) and write results.json and PNGs into --out.")
-    _common(cp)
-    cp.set_defaults(epochs=None, width=16)
+    _common(cp, compare=True)
+    cp.set_defaults(epochs=None)
     cp.add_argument("--models", type=_name_list(_VIEWS), default=list(_VIEWS),
                     help="comma-separated views to train (default resnet,implicit,node)")
     cp.add_argument("--solvers", type=_name_list(_VIEWS), default=None,
@@ -334,7 +337,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(model=args.model, data=args.data, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      seed=args.seed, width=args.width, augment=args.augment, spectral_norm=args.spectral_norm,
+                      seed=args.seed, width=args.width, augment=args.augment, spectral_norm=bool(args.spectral_norm),
                       field=args.field, expansion=args.expansion, out=args.out,
                       device=args.device, resume=args.resume, overwrite=args.overwrite,
                       quiet=args.quiet, limit_train=args.limit_train, limit_test=args.limit_test,
@@ -388,9 +391,11 @@ def _run_compare(args: argparse.Namespace) -> int:
     kw = dict(data=args.data, models=args.models, solvers=args.solvers, batch_size=args.batch_size,
               lr=args.lr, seed=args.seed, width=args.width, limit_train=args.limit_train,
               limit_test=args.limit_test, device=args.device, out=args.out, quiet=args.quiet,
-              plots=not args.no_plots, spectral_norm=args.spectral_norm, field=args.field,
-              expansion=args.expansion, resume=args.resume, plain=not args.robust,
-              **_training_options(args))
+              plots=not args.no_plots, field=args.field,
+              resume=args.resume, plain=not args.robust, **_training_options(args))
+    for key in ("spectral_norm", "expansion"):  # given: passed on; else the config's default
+        if getattr(args, key) is not None:
+            kw[key] = getattr(args, key)
     if args.epochs is not None:
         kw["epochs"] = args.epochs
     if args.epsilons is not None:

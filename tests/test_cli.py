@@ -176,3 +176,30 @@ def test_weight_decay_field_and_expansion_reach_the_model(tmp_path):
     field = load_model(out / "checkpoint.pt").blocks[0].field
     assert type(field) is MLPField
     assert torch.load(out / "checkpoint.pt", weights_only=True)["optimizer_state"]["param_groups"][0]["weight_decay"] == 0.0
+
+
+def test_compare_cli_defaults_are_the_config_defaults(monkeypatch, tmp_path):
+    """`odenet compare` with no flags runs CompareConfig's defaults (its help names them)."""
+    import dataclasses
+
+    import odenet.jobs._compare as cmp
+    from odenet.cli import build_parser
+
+    seen = []
+    monkeypatch.setattr(cmp, "compare", lambda cfg: seen.append(cfg) or {"table": ""})
+    assert main(["compare", "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    got, want = seen[-1], cmp.CompareConfig()
+    for f in dataclasses.fields(cmp.CompareConfig):
+        if f.name not in ("out", "quiet"):
+            g, w = getattr(got, f.name), getattr(want, f.name)
+            assert (list(g) == list(w)) if isinstance(w, tuple) else g == w, f.name
+    assert (want.batch_size, want.lr, want.spectral_norm, want.expansion, want.head, want.lr_schedule) == \
+        (32, 1e-2, True, 0.0, "flatten", "onecycle")
+    text = build_parser()._subparsers._group_actions[0].choices["compare"].format_help()
+    for phrase in ("(default 32)", "(default 1e-2)", "default on)", "(default 0.0)", "(default flatten)",
+                   "(default onecycle)", "--no-spectral-norm"):
+        assert phrase in " ".join(text.split()), phrase
+    # a flag given overrides the default
+    assert main(["compare", "--out", str(tmp_path / "d"), "--quiet", "--no-spectral-norm", "--expansion", "2",
+                 "--batch-size", "64"]) == 0
+    assert (seen[-1].spectral_norm, seen[-1].expansion, seen[-1].batch_size) == (False, 2.0, 64)

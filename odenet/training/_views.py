@@ -16,7 +16,8 @@ VIEWS: dict[str, dict[str, Any]] = {
     "resnet": dict(method="euler", steps=4, rtol=1e-3, atol=1e-4, gradient="direct",
                    options=None),
     "implicit": dict(method="implicit_euler", steps=4, rtol=1e-3, atol=1e-4, gradient="direct",
-                     options={"root_finder": "newton_krylov", "root_rtol": 1e-3, "root_atol": 1e-4}),
+                     options={"root_finder": "newton_krylov", "root_rtol": 1e-3, "root_atol": 1e-4,
+                              "jvp": "finite_difference"}),
     # the checkpointed adjoint, not the plain one: a trained parabolic field is strongly
     # dissipative and the plain adjoint's backwards-rebuilt state (and gradient) goes wrong
     # (it now says so: solvers.AdjointRebuildError); see docs/gradients.md
