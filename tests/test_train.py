@@ -136,6 +136,8 @@ def test_solver_config_for():
     assert solver_config_for("node", rtol=1e-5)["rtol"] == 1e-5
     assert solver_config_for("implicit", root_finder="newton")["options"] == {
         "root_finder": "newton", "root_rtol": 1e-3, "root_atol": 1e-4}
+    assert solver_config_for("implicit")["options"]["jvp"] == "finite_difference"
+    assert solver_config_for("implicit", root_finder="newton_krylov")["options"]["jvp"] == "finite_difference"
     cfg = solver_config_for("node", method="rk4")
     assert cfg["method"] == "rk4" and cfg["steps"] == 4 and cfg["options"] is None
     assert solver_config_for("resnet", method="rk4", steps=None)["steps"] == 4

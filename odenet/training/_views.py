@@ -62,6 +62,8 @@ def solver_config_for(view: str, **overrides: Any) -> dict:
         cfg["steps"] = 4  # fixed-step methods need a step count; the node view has none
     if root_finder is not None:
         cfg["options"] = dict(cfg["options"] or {}, root_finder=root_finder)
+        if root_finder not in ("newton_krylov", "auto"):
+            cfg["options"].pop("jvp", None)  # how Newton-Krylov forms J v: means nothing to another finder
     return cfg
 
 
