@@ -56,12 +56,15 @@ class NewtonKrylov(AbstractRootFinder):
         alpha = torch.ones(x.shape[0], dtype=rnorm.dtype, device=x.device)
         for _ in range(self.max_backtracks):
             trial = x + alpha[:, None] * dx
-            tnorm = torch.linalg.vector_norm((eq.G(trial) - trial).to(rnorm.dtype), dim=1)
+            g_trial = eq.G(trial)
+            tnorm = torch.linalg.vector_norm((g_trial - trial).to(rnorm.dtype), dim=1)
             bad = ~(tnorm <= (1 - 1e-4 * alpha) * rnorm)  # NaN counts as bad
             if not bool(bad.any()):  # one host sync per trial
-                break
+                # the step taken is this trial's (samples not iterating have dx = 0 and
+                # keep x): G at the new iterate is known already
+                return (alpha[:, None] * dx).to(x.dtype), g_trial
             alpha = torch.where(bad, alpha * 0.5, alpha)
-        return (alpha[:, None] * dx).to(x.dtype)
+        return (alpha[:, None] * dx).to(x.dtype), None
 
     def solve(self, eq, x0, tol, stats, cache=None):
         if x0.shape[1] == 0:
@@ -70,8 +73,9 @@ class NewtonKrylov(AbstractRootFinder):
         w = work_dtype(x.dtype)  # GMRES in float32 for half-precision states
         mon = _Monitor(x.shape[0], x.device, self.divergence_rate)
         k = 0
+        g_known = None  # G(x), when the line search evaluated it at the new iterate
         for k in range(1, self.max_iters + 1):
-            g, jvp = eq.linearize(x) if self.jvp == "autograd" else _fd_linearize(eq, x)
+            g, jvp = eq.linearize(x) if self.jvp == "autograd" else _fd_linearize(eq, x, g_known)
             r = g - x
 
             def op(v, jvp=jvp):
@@ -88,7 +92,8 @@ class NewtonKrylov(AbstractRootFinder):
             dx = torch.where(act, dx, torch.zeros_like(dx)).to(x.dtype)
             # the monitor judges convergence by the full Newton step (an estimate of the
             # distance to the root), not by the possibly shortened step actually taken
-            step = self._line_search(eq, x, dx, torch.linalg.vector_norm(rw, dim=1)) if self.max_backtracks else dx
+            step, g_known = (self._line_search(eq, x, dx, torch.linalg.vector_norm(rw, dim=1))
+                             if self.max_backtracks else (dx, None))
             x_new = x + step
             more = mon.update(dx, r, tol.scale(x_new), lin_ok)
             x = x_new
@@ -97,9 +102,10 @@ class NewtonKrylov(AbstractRootFinder):
         return mon.result(x, k, self.max_iters)
 
 
-def _fd_linearize(eq, x):
-    """``G(x)`` and ``v -> J_G(x) v`` by forward differences (one ``G`` evaluation each)."""
-    g = eq.G(x)
+def _fd_linearize(eq, x, g=None):
+    """``G(x)`` (``g`` when known) and ``v -> J_G(x) v`` by forward differences (one ``G``
+    evaluation each)."""
+    g = eq.G(x) if g is None else g
     u = torch.finfo(x.dtype).eps
     xn = torch.linalg.vector_norm(x, dim=1, keepdim=True)
 
