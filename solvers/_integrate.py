@@ -224,7 +224,48 @@ def _fixed(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) 
     plan = fixed_grid(field, y0, t, method, cfg)
     if isinstance(plan, Outcome):
         return plan
+    tl, track = plan[0], plan[5]
+    every = cfg.step_size is None and cfg.grid_constructor is None  # the grid is t itself
+    if not track and cfg.on_accept is None and (every or len(tl) == 2) and getattr(method, "plain_step", False):
+        return _fixed_plain(field, y0, method, cfg, stats, plan[1], plan[2], plan[3], every)
     return _fixed_loop(field, y0, t, method, cfg, stats, *plan)
+
+
+def _fixed_plain(field, y0, method, cfg: LoopConfig, stats: Stats, gl, hs, step_ts, every: bool) -> Outcome:
+    """The fixed loop when every output time is a grid time (``every``: each grid time;
+    else only the last), no time is tracked and nothing runs per accepted step: the common
+    ResNet forward. Same operations as :func:`_fixed_loop`, without its per-step output
+    search, interpolation and callbacks; a one-stage method's step is inlined, and only the
+    current state stays alive between steps (as in a hand-written ``y = y + h * f(y)``).
+    """
+    n = len(gl) - 1
+    if cfg.record is not None:
+        cfg.record.extend(gl)
+    outs = [y0]
+    y = y0
+    c = method.single_stage_weight
+    if c is not None:  # y1 = y0 + (h*c) f(t0, y0), exactly lincomb's fused add
+        for i in range(n):
+            y = torch.add(y, field(step_ts[i][0], y), alpha=hs[i] * c)
+            if every:
+                outs.append(y)
+    else:
+        f0 = None
+        for i in range(n):
+            ts = step_ts[i]
+            if f0 is None:
+                f0 = field(ts[0], y)
+            res = method.step(field, ts, y, hs[i], f0)
+            y = res.y1
+            f0 = None if cfg.perturb else res.f1
+            res = None
+            if every:
+                outs.append(y)
+    if not every:
+        outs.append(y)
+    stats.n_steps += n
+    stats.n_accepted += n
+    return Outcome(outs)
 
 
 def fixed_grid(field, y0, t, method: AbstractSolver, cfg: LoopConfig):
