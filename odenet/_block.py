@@ -149,6 +149,7 @@ class ODEBlock(nn.Module):
         self._opts_for: Optional[dict] = None  # the _cfg that _opts was built for
         self._params: List[tuple] = []  # _parametrized(field), walked at _TREE_VERSION _params_at
         self._params_at = -1
+        self._single: tuple = (None, None, False)  # (_cfg, field, _single_solve_check(...))
         if t1 is None:
             t1 = field.t1 if isinstance(field, LayerwiseField) else 1.0
         self.configure(method=method, t1=t1, steps=steps, rtol=rtol, atol=atol, gradient=gradient, options=options)
@@ -311,7 +312,16 @@ class ODEBlock(nn.Module):
         return t
 
     def _single_solve_ok(self, cls) -> bool:
-        """Whether a LayerwiseField can be integrated in one solve without mixing blocks."""
+        """Whether a LayerwiseField can be integrated in one solve without mixing blocks
+        (remembered per configuration and field)."""
+        cfg, field = self._cfg, self.field
+        if self._single[0] is cfg and self._single[1] is field:
+            return self._single[2]
+        ok = self._single_solve_check(cls)
+        self._single = (cfg, field, ok)
+        return ok
+
+    def _single_solve_check(self, cls) -> bool:
         cfg = self._cfg
         opts = cfg["options"] or {}
         return (not cls.adaptive and not cls.implicit and cfg["steps"] is not None
@@ -441,7 +451,7 @@ class ODEBlock(nn.Module):
             return self._check_finite(x0, x)
         func = field.as_function() if isinstance(field, LayerwiseField) else field
         sol = self._solve(func, field, x, 0.0, self._cfg["t1"], cls)
-        self._stats = [sol.stats]
+        self.__dict__["_stats"] = [sol.stats]  # (a plain attribute: skips nn.Module.__setattr__)
         return self._check_finite(x0, sol.ys[-1])
 
     def extra_repr(self) -> str:

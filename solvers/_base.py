@@ -77,7 +77,7 @@ class AbstractSolver(abc.ABC):
     single_stage_weight: Optional[float] = None
 
     def __init__(self, **options):
-        unknown = sorted(set(options) - set(self.option_names))
+        unknown = sorted(set(options) - set(self.option_names)) if options else None
         if unknown:
             valid = ", ".join(self.option_names) or "none"
             raise ValueError(f"method {self.name!r} got unknown option(s) {unknown}; its options are: {valid}")

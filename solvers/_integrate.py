@@ -18,6 +18,7 @@ import torch
 
 from ._base import AbstractSolver, StepResult
 from ._controller import AbstractController, initial_step
+from ._problem import VectorField
 from ._solution import Stats, Status
 
 __all__ = ["LoopConfig", "Outcome", "integrate"]
@@ -244,11 +245,24 @@ def _fixed_plain(field, y0, method, cfg: LoopConfig, stats: Stats, gl, hs, step_
     outs = [y0]
     y = y0
     c = method.single_stage_weight
-    if c is not None:  # y1 = y0 + (h*c) f(t0, y0), exactly lincomb's fused add
+    if c is not None:  # y1 = y0 + (h*c) f(t0, y0): lincomb's fused add (a plain add when h*c == 1, the same bits)
+        func, fstats = None, None
         for i in range(n):
-            y = torch.add(y, field(step_ts[i][0], y), alpha=hs[i] * c)
+            t0 = step_ts[i][0]
+            if func is None:
+                k = field(t0, y)
+            else:  # what VectorField.__call__ does once its first output is checked
+                fstats.n_f_evals += 1
+                k = func(t0, y)
+                if not isinstance(k, torch.Tensor) or k.shape != y.shape:
+                    field._check(k, y)
+            a = hs[i] * c
+            y = y + k if a == 1.0 else torch.add(y, k, alpha=a)
+            k = None
             if every:
                 outs.append(y)
+            if i == 0 and isinstance(field, VectorField):
+                func, fstats = field.checked_func(), field.stats
     else:
         f0 = None
         for i in range(n):
@@ -277,7 +291,7 @@ def fixed_grid(field, y0, t, method: AbstractSolver, cfg: LoopConfig):
     whether the times carry gradients with respect to ``t``. Built on the host once, cached
     for repeated solves on the same untracked ``t``.
     """
-    tl = t.detach().tolist()
+    tl = t.tolist()
     cs = method.stage_c
     s = len(cs)
     key = None

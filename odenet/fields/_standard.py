@@ -411,6 +411,7 @@ class LayerwiseField(nn.Module):
     def __getstate__(self):  # copies and pickles start with an empty memo (see _block_of)
         state = self.__dict__.copy()
         state["_memo"] = {}
+        state.pop("_function", None)
         return state
 
     def __setstate__(self, state):
@@ -440,7 +441,7 @@ class LayerwiseField(nn.Module):
 
     def index(self, t) -> int:
         """The block owning time ``t`` (a float or a scalar tensor; one host sync)."""
-        tf = float(t)
+        tf = float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
         n = len(self.blocks)
         eps = _eps(t.dtype) if isinstance(t, torch.Tensor) else 2.0**-52
         s = tf * n / self.t1
@@ -508,14 +509,19 @@ class LayerwiseField(nn.Module):
         the function is made).
         """
         mods, takes_time = self.blocks._modules, self.takes_time
-        keys = [str(k) for k in range(len(self.blocks))]
-        memo, remember = self._fresh_memo(), self._remember
+        memo = self._fresh_memo()
+        made = self.__dict__.get("_function")  # the same function while nothing it captured changed
+        if made is not None and made[0] is mods and made[1] is takes_time and made[2] == len(mods):
+            return made[3]
+        keys = [str(k) for k in range(len(mods))]
+        remember = self._remember
 
         def f(t, x):
             hit = memo.get(id(t))
             k = hit[2] if hit is not None and hit[0] is t and hit[1] == t._version else remember(t)
             return mods[keys[k]](t, x) if takes_time[k] else mods[keys[k]](x)
 
+        self.__dict__["_function"] = (mods, takes_time, len(mods), f)
         return f
 
     def extra_repr(self) -> str:
