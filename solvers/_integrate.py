@@ -246,23 +246,32 @@ def _fixed_plain(field, y0, method, cfg: LoopConfig, stats: Stats, gl, hs, step_
     y = y0
     c = method.single_stage_weight
     if c is not None:  # y1 = y0 + (h*c) f(t0, y0): lincomb's fused add (a plain add when h*c == 1, the same bits)
-        func, fstats = None, None
-        for i in range(n):
-            t0 = step_ts[i][0]
-            if func is None:
-                k = field(t0, y)
-            else:  # what VectorField.__call__ does once its first output is checked
-                fstats.n_f_evals += 1
-                k = func(t0, y)
-                if not isinstance(k, torch.Tensor) or k.shape != y.shape:
-                    field._check(k, y)
-            a = hs[i] * c
-            y = y + k if a == 1.0 else torch.add(y, k, alpha=a)
-            k = None
-            if every:
-                outs.append(y)
-            if i == 0 and isinstance(field, VectorField):
-                func, fstats = field.checked_func(), field.stats
+        k = field(step_ts[0][0], y)  # the first evaluation goes through the field (VectorField checks it)
+        y = y + k if hs[0] * c == 1.0 else torch.add(y, k, alpha=hs[0] * c)
+        k = None
+        if every:
+            outs.append(y)
+        func = field.checked_func() if isinstance(field, VectorField) else None
+        if func is None:
+            for i in range(1, n):
+                a = hs[i] * c
+                y = y + field(step_ts[i][0], y) if a == 1.0 else torch.add(y, field(step_ts[i][0], y), alpha=a)
+                if every:
+                    outs.append(y)
+        else:  # what VectorField.__call__ does once its first output is checked: count, call, check the shape
+            fstats, shape, i = field.stats, y0.shape, 0
+            try:
+                for i in range(1, n):
+                    k = func(step_ts[i][0], y)
+                    if not isinstance(k, torch.Tensor) or k.shape != shape:
+                        field._check(k, y)
+                    a = hs[i] * c
+                    y = y + k if a == 1.0 else torch.add(y, k, alpha=a)
+                    k = None
+                    if every:
+                        outs.append(y)
+            finally:  # the calls made, the one that raised included (as VectorField counts them)
+                fstats.n_f_evals += i
     else:
         f0 = None
         for i in range(n):
