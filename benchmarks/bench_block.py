@@ -14,7 +14,8 @@ What it compares (all in ONE process, timings interleaved so machine load hits b
 
 Run ``python -m benchmarks.bench_block`` (``--quick`` for a short run, ``--device cuda`` to
 measure on a GPU; default ``--device cpu``). Writes
-``benchmarks/results/block.md`` and ``benchmarks/results/block.png``.
+``benchmarks/results/block.md`` and ``benchmarks/results/block.png``. ``--overhead-only``
+runs part 1 alone (a minute instead of many) and writes ``benchmarks/results/block_overhead.md``.
 """
 
 from __future__ import annotations
@@ -212,11 +213,33 @@ def _plot(rows, train_rows, name):
     save_figure(fig, name)
 
 
+def _machine_line(args, device) -> str:
+    return (f"Machine: {platform.platform()}, torch {torch.__version__}, {args.threads} thread(s), "
+            f"{os.cpu_count()} cores (shared with other jobs while measured), device {device}. Command: "
+            f"`python -m benchmarks.bench_block{' --quick' if args.quick else ''}"
+            f"{' --overhead-only' if args.overhead_only else ''}"
+            f"{'' if device.type == 'cpu' else f' --device {args.device}'}`.")
+
+
+def _overhead_md(rows, solve_rows) -> list:
+    md = ["## ODEBlock(LayerwiseField(blocks, t1=L), euler, steps=L) vs `for b in blocks: x = x + b(x)`", "",
+          "| net | pass | hand-written (ms) | ODEBlock (ms) | ratio (median) | ratio (best) | goal |",
+          "|---|---|---|---|---|---|---|"]
+    md += [f"| {k} | {m} | {1e3 * tr:.3f} | {1e3 * tb:.3f} | {ra:.3f} | {rm:.3f} | <= 1.05 |" for k, m, tr, tb, ra, rm in rows]
+    md += ["", "Forward overhead over the hand-written loop, split between `solvers.solve` (the same "
+           "solve called directly) and the ODEBlock layer (ms):", "",
+           "| net | solvers.solve | ODEBlock layer |", "|---|---|---|"]
+    md += [f"| {k} | {1e3 * (ts - tr):+.3f} | {1e3 * (tb - ts):+.3f} |" for k, tr, ts, tb in solve_rows]
+    return md
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats, one short training epoch per view")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, for stable timings)")
     p.add_argument("--device", default="cpu", help="torch device to measure on, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--overhead-only", action="store_true",
+                   help="only the ODEBlock-vs-ResNet overhead (part 1); writes results/block_overhead.md")
     args = p.parse_args(argv)
     device = parse_device(p, args.device)
     torch.set_num_threads(args.threads)
@@ -229,6 +252,12 @@ def main(argv=None) -> None:
     print("Forward overhead split (ms over the hand-written loop): solvers.solve itself / the ODEBlock layer:")
     for kind, tr, ts, tb in solve_rows:
         print(f"  {kind:4s} solve {1e3 * (ts - tr):+.3f}  ODEBlock layer {1e3 * (tb - ts):+.3f}")
+    if args.overhead_only:
+        md = ["# bench_block --overhead-only: ODEBlock overhead", "", _machine_line(args, device), ""]
+        md += _overhead_md(rows, solve_rows)
+        write_table("block_overhead.md", "\n".join(md))
+        print(f"wrote {RESULTS / 'block_overhead.md'}")
+        return
     train_rows, cross = bench_views(repeats, epochs=1 if args.quick else 3, limit_train=256 if args.quick else None,
                                   device=device)
     print("Per training batch (64 digits, forward+backward) of the three views:")
@@ -239,24 +268,8 @@ def main(argv=None) -> None:
         print(f"  trained as {view:8s} run as {other:8s} {1e3 * sec:8.2f} ms  NFE {nf:4d}  test acc {100 * acc:5.1f}%"
               + (f"  (failed: {err})" if err else ""))
 
-    md = [
-        "# bench_block: ODEBlock overhead and the three views",
-        "",
-        f"Machine: {platform.platform()}, torch {torch.__version__}, {args.threads} thread(s), "
-        f"{os.cpu_count()} cores (shared with other jobs while measured), device {device}. Command: "
-        f"`python -m benchmarks.bench_block{' --quick' if args.quick else ''}"
-        f"{'' if device.type == 'cpu' else f' --device {args.device}'}`.",
-        "",
-        "## ODEBlock(LayerwiseField(blocks, t1=L), euler, steps=L) vs `for b in blocks: x = x + b(x)`",
-        "",
-        "| net | pass | hand-written (ms) | ODEBlock (ms) | ratio (median) | ratio (best) | goal |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    md += [f"| {k} | {m} | {1e3 * tr:.3f} | {1e3 * tb:.3f} | {ra:.3f} | {rm:.3f} | <= 1.05 |" for k, m, tr, tb, ra, rm in rows]
-    md += ["", "Forward overhead over the hand-written loop, split between `solvers.solve` (the same "
-           "solve called directly) and the ODEBlock layer (ms):", "",
-           "| net | solvers.solve | ODEBlock layer |", "|---|---|---|"]
-    md += [f"| {k} | {1e3 * (ts - tr):+.3f} | {1e3 * (tb - ts):+.3f} |" for k, tr, ts, tb in solve_rows]
+    md = ["# bench_block: ODEBlock overhead and the three views", "", _machine_line(args, device), ""]
+    md += _overhead_md(rows, solve_rows)
     md += ["", "## Per training batch (64 digits, forward+backward), one field architecture", "",
            f"`odenet compare`'s architecture (parabolic conv field, width {odenet.CompareConfig().width}) and "
            f"learning rate; each view trained {1 if args.quick else 3} epoch(s) from the same initialisation.", "",

@@ -40,10 +40,37 @@ def _positive(name: str, v, *, allow_zero: bool = False) -> float:
     return v
 
 
+#: Bumped whenever any module anywhere registers a submodule (``register_parametrization``
+#: does, as does assigning a module attribute): a cheap "the module tree may have changed".
+_TREE_VERSION = [0]
+
+
+def _tree_changed(module, name, submodule):
+    _TREE_VERSION[0] += 1
+
+
+torch.nn.modules.module.register_module_module_registration_hook(_tree_changed)
+
+
 def _parametrized(module: nn.Module) -> List[tuple]:
-    """``(submodule, tensor name)`` of every parametrised tensor inside ``module``."""
-    return [(m, name) for m in module.modules() if parametrize.is_parametrized(m)
-            for name in m.parametrizations.keys()]
+    """``(submodule, tensor name)`` of every parametrised tensor inside ``module``.
+
+    The same list as walking ``module.modules()`` with ``parametrize.is_parametrized``, in
+    the same order, read straight from the ``_modules`` dicts: it runs at every forward,
+    and the generic walk costs more than a small field's evaluation.
+    """
+    out, seen, stack = [], set(), [module]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        subs = m._modules
+        p = subs.get("parametrizations")
+        if isinstance(p, nn.ModuleDict):
+            out.extend((m, name) for name in p.keys())
+        stack.extend(c for c in reversed(subs.values()) if c is not None)
+    return out
 
 
 def _implicit_gamma(cls) -> Optional[float]:
@@ -118,6 +145,11 @@ class ODEBlock(nn.Module):
         self._cfg: Dict[str, Any] = {}
         self._stats: List[solvers.Stats] = []
         self._times: Dict[Any, torch.Tensor] = {}
+        self._opts: dict = {}
+        self._opts_for: Optional[dict] = None  # the _cfg that _opts was built for
+        self._params: List[tuple] = []  # _parametrized(field), walked at _TREE_VERSION _params_at
+        self._params_at = -1
+        self._single: tuple = (None, None, False)  # (_cfg, field, _single_solve_check(...))
         if t1 is None:
             t1 = field.t1 if isinstance(field, LayerwiseField) else 1.0
         self.configure(method=method, t1=t1, steps=steps, rtol=rtol, atol=atol, gradient=gradient, options=options)
@@ -280,7 +312,16 @@ class ODEBlock(nn.Module):
         return t
 
     def _single_solve_ok(self, cls) -> bool:
-        """Whether a LayerwiseField can be integrated in one solve without mixing blocks."""
+        """Whether a LayerwiseField can be integrated in one solve without mixing blocks
+        (remembered per configuration and field)."""
+        cfg, field = self._cfg, self.field
+        if self._single[0] is cfg and self._single[1] is field:
+            return self._single[2]
+        ok = self._single_solve_check(cls)
+        self._single = (cfg, field, ok)
+        return ok
+
+    def _single_solve_check(self, cls) -> bool:
         cfg = self._cfg
         opts = cfg["options"] or {}
         return (not cls.adaptive and not cls.implicit and cfg["steps"] is not None
@@ -313,17 +354,32 @@ class ODEBlock(nn.Module):
 
         return grid
 
-    def _solve(self, func, module: nn.Module, x, a: float, b: float, cls):
+    def _solve_options(self, cls) -> dict:
+        """The ``options`` handed to ``solvers.solve``, built once per configuration.
+
+        Rebuilt whenever ``_cfg`` is another dict (:meth:`configure` and :meth:`using`
+        always install a new one); ``solvers.solve`` copies what it is given, so one dict
+        serves every forward. An implicit method's ``grid_constructor`` is wrapped anew at
+        each solve instead (:meth:`_checked_grid` reads the field's bound when it runs).
+        """
         cfg = self._cfg
+        if self._opts_for is cfg:
+            return self._opts
         opts = dict(cfg["options"]) if cfg["options"] else {}
         if not cls.adaptive and cfg["steps"] is not None:
             opts["step_size"] = cfg["t1"] / cfg["steps"]
-        if cls.implicit and opts.get("grid_constructor") is not None:
-            opts["grid_constructor"] = self._checked_grid(opts["grid_constructor"], cls)
-        params = [p for p in module.parameters() if p.requires_grad] if cfg["gradient"] != "direct" else None
         # The block reads only the final state, so it checks that one itself (see _check_finite)
         # instead of letting the solver stack and scan every output.
         opts.setdefault("check_finite", False)
+        self._opts, self._opts_for = opts, cfg
+        return opts
+
+    def _solve(self, func, module: nn.Module, x, a: float, b: float, cls):
+        cfg = self._cfg
+        opts = self._solve_options(cls)
+        if cls.implicit and opts.get("grid_constructor") is not None:
+            opts = dict(opts, grid_constructor=self._checked_grid(opts["grid_constructor"], cls))
+        params = [p for p in module.parameters() if p.requires_grad] if cfg["gradient"] != "direct" else None
         sol = solvers.solve(func, x, self._time(a, b, x.device), method=cfg["method"], rtol=cfg["rtol"],
                             atol=cfg["atol"], options=opts, gradient=cfg["gradient"], params=params)
         return sol
@@ -338,8 +394,10 @@ class ODEBlock(nn.Module):
         """
         if self._cfg["options"] and self._cfg["options"].get("check_finite") is False:
             return y
+        if math.isfinite(float(y.detach().sum())):
+            return y
         with torch.no_grad():
-            if bool(torch.isfinite(y.sum())) or bool(torch.isfinite(y).all()):
+            if bool(torch.isfinite(y).all()):
                 return y
             if not bool(torch.isfinite(x).all()):
                 raise ValueError("the ODEBlock's input contains NaN or inf; the initial state must be finite")
@@ -360,7 +418,12 @@ class ODEBlock(nn.Module):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"ODEBlock expects a floating-point tensor, got {type(x).__name__}"
                             + (f" of dtype {x.dtype}" if isinstance(x, torch.Tensor) else ""))
-        params = _parametrized(self.field)
+        if self._params_at != _TREE_VERSION[0]:
+            # Walked again only after some module registered a submodule (a new
+            # parametrisation always does). Removing one registers nothing, and then the
+            # stale entries only make getattr below return the plain tensor: harmless.
+            self._params, self._params_at = _parametrized(self.field), _TREE_VERSION[0]
+        params = self._params
         if not params:
             return self._forward(x)
         # Parametrised weights (spectral norm) are computed once per forward instead of once
@@ -388,7 +451,7 @@ class ODEBlock(nn.Module):
             return self._check_finite(x0, x)
         func = field.as_function() if isinstance(field, LayerwiseField) else field
         sol = self._solve(func, field, x, 0.0, self._cfg["t1"], cls)
-        self._stats = [sol.stats]
+        self.__dict__["_stats"] = [sol.stats]  # (a plain attribute: skips nn.Module.__setattr__)
         return self._check_finite(x0, sol.ys[-1])
 
     def extra_repr(self) -> str:

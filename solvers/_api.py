@@ -90,9 +90,12 @@ def _times(name, v, reverse) -> tuple:
     return tuple(-x for x in vals) if reverse else tuple(vals)
 
 
+_ALLOWED = {True: frozenset(_COMMON_OPTIONS | _ADAPTIVE_OPTIONS), False: frozenset(_COMMON_OPTIONS | _FIXED_OPTIONS)}
+
+
 def _build_config(method: AbstractSolver, options: dict, rtol, atol, shapes, reverse: bool, y0) -> LoopConfig:
     cfg = LoopConfig(rtol=rtol, atol=atol, reverse=reverse)
-    allowed = _COMMON_OPTIONS | (_ADAPTIVE_OPTIONS if method.adaptive else _FIXED_OPTIONS)
+    allowed = _ALLOWED[bool(method.adaptive)]
     for key in options:
         if key not in allowed:
             if key in _FIXED_OPTIONS | _ADAPTIVE_OPTIONS:
@@ -119,16 +122,20 @@ def _build_config(method: AbstractSolver, options: dict, rtol, atol, shapes, rev
     cfg.interp = interp
     if o.get("first_step") is not None:
         cfg.first_step = _as_float("first_step", o["first_step"], positive=True)
-    cfg.min_step = _as_float("min_step", o.get("min_step", 0.0))
-    cfg.max_step = _as_float("max_step", o.get("max_step", math.inf), positive=True, allow_inf=True)
-    if cfg.min_step > cfg.max_step:
-        raise ValueError(f"`min_step` ({cfg.min_step}) must not exceed `max_step` ({cfg.max_step})")
-    mns = o.get("max_num_steps", 2**31 - 1)
-    if isinstance(mns, bool) or not isinstance(mns, int) or mns < 1:
-        raise ValueError(f"option `max_num_steps` must be a positive int, got {mns!r}")
-    cfg.max_num_steps = mns
-    cfg.step_t = _times("step_t", o.get("step_t"), reverse)
-    cfg.jump_t = _times("jump_t", o.get("jump_t"), reverse)
+    if "min_step" in o or "max_step" in o:  # absent: LoopConfig's defaults 0 and inf
+        cfg.min_step = _as_float("min_step", o.get("min_step", 0.0))
+        cfg.max_step = _as_float("max_step", o.get("max_step", math.inf), positive=True, allow_inf=True)
+        if cfg.min_step > cfg.max_step:
+            raise ValueError(f"`min_step` ({cfg.min_step}) must not exceed `max_step` ({cfg.max_step})")
+    if "max_num_steps" in o:
+        mns = o["max_num_steps"]
+        if isinstance(mns, bool) or not isinstance(mns, int) or mns < 1:
+            raise ValueError(f"option `max_num_steps` must be a positive int, got {mns!r}")
+        cfg.max_num_steps = mns
+    if "step_t" in o:
+        cfg.step_t = _times("step_t", o["step_t"], reverse)
+    if "jump_t" in o:
+        cfg.jump_t = _times("jump_t", o["jump_t"], reverse)
     cfg.check_finite = bool(o.get("check_finite", True))
     norm = o.get("norm")
     if norm is not None and not callable(norm):
@@ -212,7 +219,7 @@ def make_problem(func, y0, t, *, method, rtol, atol, options, params=None) -> Pr
         t, tl = check_t(t, y0_flat)
         reverse = len(tl) > 1 and tl[1] < tl[0]
     options = dict(options or {})
-    if not isinstance(method, AbstractSolver):
+    if isinstance(method, str) or not isinstance(method, AbstractSolver):  # (str first: the ABC check is slower)
         cls = get_method("dopri5" if method is None else method)
         method_opts = {k: options.pop(k) for k in list(options) if k in cls.option_names}
         method = cls(**method_opts)
@@ -303,7 +310,8 @@ def finish(prob: Problem, outcome: Outcome, t_user, raise_on_failure: bool) -> S
         raise nonfinite_y0()
     if not outcome.status.ok:
         message = f"{outcome.status.value} Failed at t={t_fail:.6g}: {outcome.detail}." if t_fail is not None else f"{outcome.status.value} {outcome.detail}"
-    sol = Solution(ys, t_user[:, :n] if t_user.ndim == 2 else t_user[:n], outcome.status, prob.stats, message, t_fail)
+    ts = t_user if t_user.shape[-1] == n else (t_user[:, :n] if t_user.ndim == 2 else t_user[:n])
+    sol = Solution(ys, ts, outcome.status, prob.stats, message, t_fail)
     if not outcome.status.ok and raise_on_failure:
         raise exception_for(outcome.status)(message, t=t_fail, solution=sol)
     return sol

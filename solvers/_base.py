@@ -70,9 +70,14 @@ class AbstractSolver(abc.ABC):
     #: stability function ``R(z)`` and can be replayed by ``gradient="checkpoint"``);
     #: ``False`` for methods that run their own loop (multistep Adams, ``scipy_solver``)
     one_step: bool = True
+    #: ``True`` for a fixed-step method whose ``step`` never fails and keeps no per-step
+    #: state (the explicit Runge–Kutta step): the fixed loop may then run it on its plain path
+    plain_step: bool = False
+    #: ``c`` when ``step`` is exactly ``y1 = y0 + (h*c) * f0`` (forward Euler: 1.0), else None
+    single_stage_weight: Optional[float] = None
 
     def __init__(self, **options):
-        unknown = sorted(set(options) - set(self.option_names))
+        unknown = sorted(set(options) - set(self.option_names)) if options else None
         if unknown:
             valid = ", ".join(self.option_names) or "none"
             raise ValueError(f"method {self.name!r} got unknown option(s) {unknown}; its options are: {valid}")

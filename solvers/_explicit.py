@@ -21,15 +21,20 @@ class _RKMixin:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         tab = cls.__dict__.get("tableau")
-        if tab is None:
-            return
-        if not tab.explicit:
-            raise ValueError(f"{cls.__name__}: an explicit method needs a strictly lower-triangular tableau")
-        cls.stage_c = tuple(float(c) for c in tab.c)
-        cls._rows = tab.rows()
-        cls._b = ButcherTableau.nonzero(tab.b)
-        cls._e = ButcherTableau.nonzero(tab.b_error) if tab.b_error is not None else None
-        cls._fsal = tab.fsal
+        if tab is not None:
+            if not tab.explicit:
+                raise ValueError(f"{cls.__name__}: an explicit method needs a strictly lower-triangular tableau")
+            cls.stage_c = tuple(float(c) for c in tab.c)
+            cls._rows = tab.rows()
+            cls._b = ButcherTableau.nonzero(tab.b)
+            cls._e = ButcherTableau.nonzero(tab.b_error) if tab.b_error is not None else None
+            cls._fsal = tab.fsal
+        # Facts for the fixed loop's plain path (solvers._integrate._fixed_plain), derived
+        # again for every subclass so that one overriding ``step`` loses them.
+        plain = cls.step is _RKMixin.step and getattr(cls, "_rows", None) is not None and not cls.adaptive
+        cls.plain_step = plain
+        one = plain and len(cls._rows) == 1 and not cls._fsal and len(cls._b) == 1 and cls._b[0][0] == 0
+        cls.single_stage_weight = cls._b[0][1] if one else None
 
     def step(self, func: Callable, ts: Sequence[torch.Tensor], y0: torch.Tensor, h, f0: torch.Tensor) -> StepResult:
         ks = [f0]

@@ -18,6 +18,7 @@ import torch
 
 from ._base import AbstractSolver, StepResult
 from ._controller import AbstractController, initial_step
+from ._problem import VectorField
 from ._solution import Stats, Status
 
 __all__ = ["LoopConfig", "Outcome", "integrate"]
@@ -224,7 +225,70 @@ def _fixed(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) 
     plan = fixed_grid(field, y0, t, method, cfg)
     if isinstance(plan, Outcome):
         return plan
+    tl, track = plan[0], plan[5]
+    every = cfg.step_size is None and cfg.grid_constructor is None  # the grid is t itself
+    if not track and cfg.on_accept is None and (every or len(tl) == 2) and getattr(method, "plain_step", False):
+        return _fixed_plain(field, y0, method, cfg, stats, plan[1], plan[2], plan[3], every)
     return _fixed_loop(field, y0, t, method, cfg, stats, *plan)
+
+
+def _fixed_plain(field, y0, method, cfg: LoopConfig, stats: Stats, gl, hs, step_ts, every: bool) -> Outcome:
+    """The fixed loop when every output time is a grid time (``every``: each grid time;
+    else only the last), no time is tracked and nothing runs per accepted step: the common
+    ResNet forward. Same operations as :func:`_fixed_loop`, without its per-step output
+    search, interpolation and callbacks; a one-stage method's step is inlined, and only the
+    current state stays alive between steps (as in a hand-written ``y = y + h * f(y)``).
+    """
+    n = len(gl) - 1
+    if cfg.record is not None:
+        cfg.record.extend(gl)
+    outs = [y0]
+    y = y0
+    c = method.single_stage_weight
+    if c is not None:  # y1 = y0 + (h*c) f(t0, y0): lincomb's fused add (a plain add when h*c == 1, the same bits)
+        k = field(step_ts[0][0], y)  # the first evaluation goes through the field (VectorField checks it)
+        y = y + k if hs[0] * c == 1.0 else torch.add(y, k, alpha=hs[0] * c)
+        k = None
+        if every:
+            outs.append(y)
+        func = field.checked_func() if isinstance(field, VectorField) else None
+        if func is None:
+            for i in range(1, n):
+                a = hs[i] * c
+                y = y + field(step_ts[i][0], y) if a == 1.0 else torch.add(y, field(step_ts[i][0], y), alpha=a)
+                if every:
+                    outs.append(y)
+        else:  # what VectorField.__call__ does once its first output is checked: count, call, check the shape
+            fstats, shape, i = field.stats, y0.shape, 0
+            try:
+                for i in range(1, n):
+                    k = func(step_ts[i][0], y)
+                    if not isinstance(k, torch.Tensor) or k.shape != shape:
+                        field._check(k, y)
+                    a = hs[i] * c
+                    y = y + k if a == 1.0 else torch.add(y, k, alpha=a)
+                    k = None
+                    if every:
+                        outs.append(y)
+            finally:  # the calls made, the one that raised included (as VectorField counts them)
+                fstats.n_f_evals += i
+    else:
+        f0 = None
+        for i in range(n):
+            ts = step_ts[i]
+            if f0 is None:
+                f0 = field(ts[0], y)
+            res = method.step(field, ts, y, hs[i], f0)
+            y = res.y1
+            f0 = None if cfg.perturb else res.f1
+            res = None
+            if every:
+                outs.append(y)
+    if not every:
+        outs.append(y)
+    stats.n_steps += n
+    stats.n_accepted += n
+    return Outcome(outs)
 
 
 def fixed_grid(field, y0, t, method: AbstractSolver, cfg: LoopConfig):
@@ -236,7 +300,7 @@ def fixed_grid(field, y0, t, method: AbstractSolver, cfg: LoopConfig):
     whether the times carry gradients with respect to ``t``. Built on the host once, cached
     for repeated solves on the same untracked ``t``.
     """
-    tl = t.detach().tolist()
+    tl = t.tolist()
     cs = method.stage_c
     s = len(cs)
     key = None

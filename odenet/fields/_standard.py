@@ -327,6 +327,19 @@ def _takes_time(block: nn.Module) -> bool:
     return len(pos) >= 2
 
 
+#: Machine epsilon per floating dtype (``torch.finfo`` is slow to call per step).
+_EPS = {d: torch.finfo(d).eps for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+#: Time tensors a LayerwiseField remembers the block of before it starts afresh.
+_MEMO_SIZE = 1024
+
+
+def _eps(dtype: torch.dtype) -> float:
+    eps = _EPS.get(dtype)
+    if eps is None:
+        eps = torch.finfo(dtype).eps if dtype.is_floating_point else 2.0**-52
+    return eps
+
+
 class _Piece(nn.Module):
     """Block ``k`` of a :class:`LayerwiseField` as a vector field ``(t, x) -> block(x)``."""
 
@@ -390,9 +403,22 @@ class LayerwiseField(nn.Module):
         self.t1 = float(t1)
         self.takes_time = [(_takes_time(b) if takes_time is None else bool(takes_time)) for b in blocks]
         self._pieces = [_Piece(b, tt) for b, tt in zip(blocks, self.takes_time)]
+        self._memo: dict = {}  # id(t) -> (t, t._version, block index), "n" -> blocks; see _block_of
 
     def __len__(self) -> int:
         return len(self.blocks)
+
+    def __getstate__(self):  # copies and pickles start with an empty memo (see _block_of)
+        state = self.__dict__.copy()
+        state["_memo"] = {}
+        state.pop("_function", None)
+        return state
+
+    def __setstate__(self, state):
+        if "t1" in state and "_t1" not in state:  # pickled before t1 became a property
+            state = dict(state, _t1=state.pop("t1"))
+        super().__setstate__(state)
+        self.__dict__.setdefault("_memo", {})
 
     def boundaries(self) -> List[float]:
         """The interior times ``k*t1/L`` (``k = 1..L-1``) where the field jumps."""
@@ -415,31 +441,87 @@ class LayerwiseField(nn.Module):
 
     def index(self, t) -> int:
         """The block owning time ``t`` (a float or a scalar tensor; one host sync)."""
-        tf = float(t)
+        tf = float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
         n = len(self.blocks)
-        eps = torch.finfo(t.dtype).eps if isinstance(t, torch.Tensor) and t.dtype.is_floating_point else 2.0**-52
+        eps = _eps(t.dtype) if isinstance(t, torch.Tensor) else 2.0**-52
         s = tf * n / self.t1
         tol = 64.0 * eps * max(1.0, abs(s))
         if not (-tol <= s <= n + tol):
             raise ValueError(f"LayerwiseField is defined on [0, {self.t1}] but was evaluated at t={tf!r}")
         return min(max(int(math.floor(s + tol)), 0), n - 1)
 
+    @property
+    def t1(self) -> float:
+        """End of the time interval the blocks tile (setting it forgets every remembered block)."""
+        return self._t1
+
+    @t1.setter
+    def t1(self, value) -> None:
+        self.__dict__["_t1"] = value
+        self.__dict__.setdefault("_memo", {}).clear()
+
+    def _fresh_memo(self) -> dict:
+        """The memo of :meth:`_block_of`, emptied first if the number of blocks changed."""
+        memo = self._memo
+        if memo.get("n") != len(self.blocks):
+            memo.clear()
+            memo["n"] = len(self.blocks)
+        return memo
+
+    def _remember(self, t) -> int:
+        """:meth:`index` of ``t``, stored in the memo when ``t`` can be (see :meth:`_block_of`)."""
+        k = self.index(t)
+        if isinstance(t, torch.Tensor) and not t.requires_grad and not t.is_inference():
+            memo = self._memo
+            if len(memo) > _MEMO_SIZE:
+                n = memo.get("n")
+                memo.clear()
+                memo["n"] = n
+            memo[id(t)] = (t, t._version, k)  # holds ``t``, so its id is not reused while remembered
+        return k
+
+    def _block_of(self, t) -> int:
+        """:meth:`index` of ``t``, remembered per time tensor.
+
+        A solver hands the same 0-dim time tensors to every forward on the same grid (it
+        caches them), so after the first forward the block is found without reading the
+        tensor: no host sync, none of :meth:`index`'s arithmetic. An entry serves only the
+        very tensor object it was made for, at the same version counter (an in-place change
+        of ``t`` misses it); setting :attr:`t1` or changing the number of blocks forgets
+        every entry. Tensors that require grad and inference tensors (which have no version
+        counter) are never remembered.
+        """
+        hit = self._fresh_memo().get(id(t))
+        if hit is not None and hit[0] is t and hit[1] == t._version:
+            return hit[2]
+        return self._remember(t)
+
     def forward(self, t, x: torch.Tensor) -> torch.Tensor:
-        return self._pieces[self.index(t)](t, x)
+        return self._pieces[self._block_of(t)](t, x)
 
     def as_function(self):
         """This field as a plain function ``f(t, x)`` (no ``nn.Module`` call overhead).
 
         The blocks are called directly, so forward/backward hooks on the blocks still
         run but hooks on the ``LayerwiseField`` itself do not. :class:`odenet.ODEBlock`
-        uses it on its fast path; the function reads the blocks at call time.
+        uses it on its fast path; the function reads the blocks at call time and finds
+        them as :meth:`_block_of` does (its memo checked for the number of blocks when
+        the function is made).
         """
-        blocks, takes_time, index = self.blocks, self.takes_time, self.index
+        mods, takes_time = self.blocks._modules, self.takes_time
+        memo = self._fresh_memo()
+        made = self.__dict__.get("_function")  # the same function while nothing it captured changed
+        if made is not None and made[0] is mods and made[1] is takes_time and made[2] == len(mods):
+            return made[3]
+        keys = [str(k) for k in range(len(mods))]
+        remember = self._remember
 
         def f(t, x):
-            k = index(t)
-            return blocks[k](t, x) if takes_time[k] else blocks[k](x)
+            hit = memo.get(id(t))
+            k = hit[2] if hit is not None and hit[0] is t and hit[1] == t._version else remember(t)
+            return mods[keys[k]](t, x) if takes_time[k] else mods[keys[k]](x)
 
+        self.__dict__["_function"] = (mods, takes_time, len(mods), f)
         return f
 
     def extra_repr(self) -> str:
