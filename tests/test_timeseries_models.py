@@ -150,3 +150,27 @@ def test_adjoint_gradients_match_direct():
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
     assert model.nfe_backward > 0
+
+
+def test_ncde_control_path_channels_at_knots():
+    """[t, x carried forward] at every knot, plus the cumulative mask with ``intensity``;
+    the Hermite path's knot derivative is the backward difference (closed forms)."""
+    from odenet.models._ncde import control_path
+
+    t = torch.tensor([[0.0, 1.0, 3.0, 4.0]], dtype=torch.float64)
+    x = torch.tensor([[[1.0, 5.0], [2.0, 0.0], [0.0, 7.0], [4.0, 8.0]]], dtype=torch.float64)
+    m = torch.tensor([[[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]], dtype=torch.float64)
+    batch = odenet.SeriesBatch(x * m, t, m, torch.tensor([4]))
+    carried = torch.tensor([[1.0, 5.0], [2.0, 5.0], [2.0, 7.0], [4.0, 8.0]], dtype=torch.float64)
+    plain = control_path(batch)
+    full = control_path(batch, intensity=True)
+    assert plain.a.shape[-1] == 3 and full.a.shape[-1] == 5
+    knots = plain.evaluate(t)[0]  # (4, 3)
+    torch.testing.assert_close(knots, torch.cat([t[0, :, None], carried], 1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(full.evaluate(t)[0, :, 3:], m[0].cumsum(0), rtol=0, atol=1e-12)
+    # dX/dt at knot k (approached from the right) is the slope of interval k - 1
+    slope = (carried[2] - carried[1]) / 2.0
+    torch.testing.assert_close(plain.derivative(t[:, 2:3])[0, 0, 1:], slope, rtol=0, atol=1e-12)
+    ncde = build_series_model("ncde", 2, num_classes=3, hidden=4)
+    assert ncde.initial.in_features == 3
+    assert build_series_model("ncde", 2, num_classes=3, hidden=4, intensity=True).initial.in_features == 5
