@@ -174,3 +174,37 @@ def test_ncde_control_path_channels_at_knots():
     ncde = build_series_model("ncde", 2, num_classes=3, hidden=4)
     assert ncde.initial.in_features == 3
     assert build_series_model("ncde", 2, num_classes=3, hidden=4, intensity=True).initial.in_features == 5
+
+
+def test_latent_ode_kl_warmup_is_linear_and_counts_training_batches_only():
+    sines = periodic_sines(6, n_times=10, seed=2)
+    b, tgt = sines.train, sines.target_train
+    model = build_series_model("latent_ode", 1, hidden=4, latent=3, units=8, kl_weight=2.0, kl_warmup=4)
+    weights = []
+    for _ in range(6):
+        weights.append(model.current_kl_weight())
+        model(b, tgt)
+    assert weights == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
+    model.eval()
+    model(b, tgt)
+    assert int(model.kl_batches) == 6  # evaluation does not advance the schedule
+    assert "kl_batches" in model.state_dict()  # so a resumed run continues the schedule
+    with pytest.raises(ValueError, match="kl_warmup"):
+        build_series_model("latent_ode", 1, kl_warmup=-1)
+
+
+def test_latent_ode_decoder_through_observation_times_is_the_same_ode_solution():
+    """Passing the decoder through the observation times only shortens its steps: at tight
+    tolerance it gives the same predictions as one solve over [t_ref, queries]."""
+    ts, xs = _series(5, channels=1)
+    model = _models(channels=1)["latent_ode"].eval()
+    batch = _double(pad_series(ts, xs))
+    q = torch.stack([t[-1] + torch.tensor([0.3, 0.9, 2.0], dtype=torch.float64) for t in ts])  # (B, 3)
+    grid, qpos = model.decoder_grid(batch, q)
+    assert grid.shape[1] == 1 + batch.times.shape[1] + 3
+    torch.testing.assert_close(grid.gather(1, qpos), q, rtol=0, atol=0)
+    with torch.no_grad(), model.using_solver(method="dopri5", rtol=1e-10, atol=1e-12):
+        pred = model.predict(batch, q)
+        z0 = model.posterior(batch, grid[:, 0])[0]
+        direct = model.readout(model.decoder.evolve(z0, torch.cat([grid[:, :1], q], 1))[1:].transpose(0, 1))
+    torch.testing.assert_close(pred, direct, rtol=1e-7, atol=1e-8)
