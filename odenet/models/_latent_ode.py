@@ -1,11 +1,13 @@
 """Latent ODE (Rubanova et al. 2019): an ODE-RNN encoder run backwards in time gives a Gaussian
 posterior over the initial latent state ``z0``; an ODE decoder evolves ``z0`` to every query
-time of each series; trained on the ELBO.
+time of each series (one solve over its observation and query times merged); trained on the
+ELBO.
 
 ``ELBO = E_q[log p(x | z0)] - KL(q(z0 | x) || N(0, I))`` with a Gaussian observation model
 of fixed standard deviation ``obs_std``; the log-likelihood is averaged over the observed
 target points of a series (as Rubanova et al. do), the KL is summed over latent
-dimensions and weighted by ``kl_weight``. ``n_samples`` draws of ``z0`` per series average
+dimensions and weighted by ``kl_weight`` (linearly warmed up over ``kl_warmup`` training
+batches). ``n_samples`` draws of ``z0`` per series average
 the ELBO. Classification puts a linear head on the posterior mean.
 """
 
