@@ -1,11 +1,13 @@
 """Latent ODE (Rubanova et al. 2019): an ODE-RNN encoder run backwards in time gives a Gaussian
 posterior over the initial latent state ``z0``; an ODE decoder evolves ``z0`` to every query
-time of each series; trained on the ELBO.
+time of each series (one solve over its observation and query times merged); trained on the
+ELBO.
 
 ``ELBO = E_q[log p(x | z0)] - KL(q(z0 | x) || N(0, I))`` with a Gaussian observation model
 of fixed standard deviation ``obs_std``; the log-likelihood is averaged over the observed
 target points of a series (as Rubanova et al. do), the KL is summed over latent
-dimensions and weighted by ``kl_weight``. ``n_samples`` draws of ``z0`` per series average
+dimensions and weighted by ``kl_weight`` (linearly warmed up over ``kl_warmup`` training
+batches). ``n_samples`` draws of ``z0`` per series average
 the ELBO. Classification puts a linear head on the posterior mean.
 """
 
@@ -39,25 +41,33 @@ class LatentODE(AbstractSeriesModel):
     n_samples : int
         Samples of ``z0`` per series in :meth:`regression_loss`.
     kl_weight : float
-        Weight of the KL term.
+        Weight of the KL term (after the warm-up).
+    kl_warmup : int
+        KL annealing: the KL weight rises linearly from 0 to ``kl_weight`` over the first
+        ``kl_warmup`` training batches (counted in a buffer, so checkpoints resume it;
+        0: no warm-up). Rubanova et al. anneal the KL term too.
     method, steps, rtol, atol, gradient, options
         Solver configuration of the encoder and decoder ODEs, as in :class:`odenet.ODEBlock`.
     """
 
     def __init__(self, in_channels: int, hidden: int = 32, num_classes: int = 0, out_channels: Optional[int] = None,
                  *, latent: int = 16, units: int = 64, obs_std: float = 0.01, n_samples: int = 1,
-                 kl_weight: float = 1.0, method: str = "rk4", steps: Optional[int] = 1, rtol: float = 1e-3,
+                 kl_weight: float = 1.0, kl_warmup: int = 0, method: str = "rk4", steps: Optional[int] = 1, rtol: float = 1e-3,
                  atol: float = 1e-4, gradient: str = "direct", options: Optional[dict] = None):
         super().__init__()
         if not obs_std > 0 or n_samples < 1:
             raise ValueError(f"need obs_std > 0 and n_samples >= 1, got {obs_std}, {n_samples}")
+        if not (isinstance(kl_warmup, int) and kl_warmup >= 0) or not kl_weight >= 0:
+            raise ValueError(f"need kl_warmup a non-negative int and kl_weight >= 0, got {kl_warmup!r}, {kl_weight!r}")
         self.in_channels, self.hidden, self.num_classes, self.latent = in_channels, hidden, num_classes, latent
         self.out_channels = out_channels or in_channels
         self.obs_std, self.n_samples, self.kl_weight = float(obs_std), int(n_samples), float(kl_weight)
+        self.kl_warmup = int(kl_warmup)
+        self.register_buffer("kl_batches", torch.zeros((), dtype=torch.long))  # training batches seen
         solver = dict(method=method, steps=steps, rtol=rtol, atol=atol, gradient=gradient, options=options)
         self.config = dict(in_channels=in_channels, hidden=hidden, num_classes=num_classes,
                            out_channels=self.out_channels, latent=latent, units=units, obs_std=obs_std,
-                           n_samples=n_samples, kl_weight=kl_weight, **solver)
+                           n_samples=n_samples, kl_weight=kl_weight, kl_warmup=kl_warmup, **solver)
         self.encoder = ODERNN(in_channels, hidden, units=units, **solver)
         self.to_posterior = nn.Linear(hidden, 2 * latent)
         self.decoder = SeriesODEBlock(MLPDynamics(latent, units), **solver)
@@ -79,33 +89,52 @@ class LatentODE(AbstractSeriesModel):
         self._need_head()
         return self.head(self.posterior(batch)[0])
 
-    def _t_ref(self, batch: SeriesBatch, query_times: torch.Tensor) -> torch.Tensor:
-        return torch.minimum(batch.times[:, 0], query_times[:, 0].to(batch.times.dtype))
+    def decoder_grid(self, batch: SeriesBatch, query_times: torch.Tensor, query_lengths=None):
+        """The decoder's per-sample grid ``(B, 1 + E)`` and where the queries lie in it ``(B, Q)``.
 
-    def decode(self, z0: torch.Tensor, t_ref: torch.Tensor, query_times: torch.Tensor) -> torch.Tensor:
-        """Predictions ``(B, Q, out)`` from ``z0`` ``(B, latent)`` at ``t_ref`` ``(B,)``: ONE solve."""
-        grid = torch.cat([t_ref[:, None], query_times.to(t_ref.dtype)], 1)  # (B, Q + 1)
-        zs = self.decoder.evolve(z0, grid)[1:]  # (Q, B, latent)
-        return self.readout(zs.transpose(0, 1))
+        The grid is ``t_ref`` (the earlier of the first observation and the first query)
+        followed by the observation and query times merged by time: the decoder passes
+        through the observation times, so its fixed steps stay as short as the data's gaps.
+        (With only ``[t_ref, queries]`` an extrapolation's first gap spans the whole observed
+        half in ONE rk4 step, far outside rk4's stability region for the sines' frequencies:
+        the decoder could not learn an oscillation, and the model predicted the mean.)
+        """
+        ev = merge_events(batch, query_times, query_lengths)
+        t_ref = torch.minimum(batch.times[:, 0], query_times[:, 0].to(batch.times.dtype))
+        return torch.cat([t_ref[:, None], ev.times], 1), ev.qpos + 1
+
+    def decode(self, z0: torch.Tensor, grid: torch.Tensor, qpos: torch.Tensor) -> torch.Tensor:
+        """Predictions ``(B, Q, out)`` from ``z0`` ``(B, latent)`` at ``grid[:, 0]``, read at the grid
+        positions ``qpos`` ``(B, Q)``: ONE solve over each series' grid (:meth:`decoder_grid`)."""
+        zs = self.decoder.evolve(z0, grid).transpose(0, 1)  # (B, K, latent)
+        return self.readout(zs.gather(1, qpos[..., None].expand(-1, -1, self.latent)))
 
     def predict(self, batch: SeriesBatch, query_times: torch.Tensor, query_lengths=None) -> torch.Tensor:
         """Predictions ``(B, Q, out)`` decoded from the posterior mean."""
-        t_ref = self._t_ref(batch, query_times)
-        mean, _ = self.posterior(batch, t_ref)
-        return self.decode(mean, t_ref, query_times)
+        grid, qpos = self.decoder_grid(batch, query_times, query_lengths)
+        mean, _ = self.posterior(batch, grid[:, 0])
+        return self.decode(mean, grid, qpos)
+
+    def current_kl_weight(self) -> float:
+        """The KL weight of the next batch: ``kl_weight * min(1, batches / kl_warmup)``."""
+        if not self.kl_warmup:
+            return self.kl_weight
+        return self.kl_weight * min(1.0, float(self.kl_batches) / self.kl_warmup)
 
     def regression_loss(self, batch: SeriesBatch, target: SeriesBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(-ELBO averaged over series, mean prediction (B, Q, out))``."""
-        t_ref = self._t_ref(batch, target.times)
-        mean, logvar = self.posterior(batch, t_ref)
+        """``(-ELBO averaged over series, mean prediction at the targets (B, Q, out))``."""
+        grid, qpos = self.decoder_grid(batch, target.times, target.lengths)
+        mean, logvar = self.posterior(batch, grid[:, 0])
         S, (B, L) = self.n_samples, mean.shape
         std = (0.5 * logvar).exp()
         z0 = (mean + std * torch.randn(S, B, L, dtype=mean.dtype, device=mean.device)).reshape(S * B, L)
-        pred = self.decode(z0, t_ref.repeat(S), target.times.repeat(S, 1)).view(S, B, *target.values.shape[1:])
+        pred = self.decode(z0, grid.repeat(S, 1), qpos.repeat(S, 1)).view(S, B, *target.values.shape[1:])
         m = target.mask
         sq = ((pred - target.values) ** 2 * m).sum((2, 3))  # (S, B)
         n = m.sum((1, 2)).clamp_min(1)
         nll = 0.5 * sq / self.obs_std ** 2 / n + 0.5 * math.log(2 * math.pi * self.obs_std ** 2)
         kl = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).sum(-1)  # (B,)
-        loss = (nll.mean(0) + self.kl_weight * kl).mean()
+        loss = (nll.mean(0) + self.current_kl_weight() * kl).mean()
+        if self.training:
+            self.kl_batches += 1
         return loss, pred.mean(0)

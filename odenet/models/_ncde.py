@@ -1,8 +1,9 @@
 """Neural controlled differential equation (Kidger et al. 2020) on an interpolated control path.
 
 The observations become a continuous path ``X(t)`` with channels ``[t, x (last value carried
-forward), cumulative count of observations per channel]``, interpolated by a natural cubic
-spline or Hermite cubics with backward differences (:mod:`odenet.data._interpolation`).
+forward)]`` and, with ``intensity=True``, the cumulative count of observations per channel;
+it is interpolated by a natural cubic spline or Hermite cubics with backward differences
+(:mod:`odenet.data._interpolation`).
 The CDE ``dz = g(z) dX`` is solved as the ODE ``dz/dt = g(z) dX/dt`` with ``dX/dt`` from the
 interpolant, so every method and gradient mode of the solver applies (:func:`odenet.models.evolve`
 over each series' own knots; ``steps`` per knot interval). Beyond the last knot the path
@@ -48,13 +49,16 @@ def _carry_forward(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return values.gather(1, idx)
 
 
-def control_path(batch: SeriesBatch, interpolation: str = "hermite_backward") -> CubicPath:
-    """The interpolated control path of ``batch``: channels ``[t, x, cumulative mask]`` ``(1 + 2C)``."""
+def control_path(batch: SeriesBatch, interpolation: str = "hermite_backward", *,
+                 intensity: bool = False) -> CubicPath:
+    """The interpolated control path of ``batch``: channels ``[t, x]`` ``(1 + C)``, and with
+    ``intensity`` the cumulative mask (observational intensity) too: ``(1 + 2C)``."""
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"unknown interpolation {interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
     x = _carry_forward(batch.values, batch.mask)
     t = batch.times.to(x.dtype)[..., None]
-    X = torch.cat([t, x, batch.mask.cumsum(1)], -1)  # (B, T, 1 + 2C)
+    parts = [t, x, batch.mask.cumsum(1)] if intensity else [t, x]
+    X = torch.cat(parts, -1)  # (B, T, 1 + C) or (B, T, 1 + 2C)
     return INTERPOLATIONS[interpolation](batch.times, X, batch.lengths)
 
 
@@ -67,6 +71,13 @@ class NeuralCDE(AbstractSeriesModel):
         As for :class:`odenet.ODERNN`.
     interpolation : {"hermite_backward", "natural_cubic"}
         The control path's interpolant.
+    intensity : bool
+        Append the cumulative mask of every channel (Kidger et al.'s observational
+        intensity) to the path. Off by default: when observations are dropped at random
+        the count carries no information about the class, and its derivative (``1/gap`` at
+        every knot) is noise the model overfits to. Measured on JapaneseVowels at 30%
+        dropped, 20 epochs, lr 1e-2: 76.8% with it, 96.5% without (docs/timeseries.md).
+        Turn it on for data whose missingness is informative.
     method, steps, rtol, atol, gradient, options
         Solver configuration (``steps`` per knot interval), as in :class:`odenet.ODEBlock`.
     """
@@ -74,8 +85,9 @@ class NeuralCDE(AbstractSeriesModel):
     def __init__(self, in_channels: int, hidden: int = 32, num_classes: int = 0, out_channels: Optional[int] = None,
                  *, units: int = 64, interpolation: str = "hermite_backward", method: str = "rk4",
                  steps: Optional[int] = 1, rtol: float = 1e-3, atol: float = 1e-4, gradient: str = "direct",
-                 options: Optional[dict] = None):
+                 options: Optional[dict] = None, intensity: bool = False):
         super().__init__()
+        self.intensity = bool(intensity)
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"unknown interpolation {interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
         self.in_channels, self.hidden, self.num_classes = in_channels, hidden, num_classes
@@ -83,8 +95,9 @@ class NeuralCDE(AbstractSeriesModel):
         self.interpolation = interpolation
         solver = dict(method=method, steps=steps, rtol=rtol, atol=atol, gradient=gradient, options=options)
         self.config = dict(in_channels=in_channels, hidden=hidden, num_classes=num_classes,
-                           out_channels=self.out_channels, units=units, interpolation=interpolation, **solver)
-        px = 1 + 2 * in_channels
+                           out_channels=self.out_channels, units=units, interpolation=interpolation,
+                           intensity=self.intensity, **solver)
+        px = 1 + (2 if intensity else 1) * in_channels
         self.initial = nn.Linear(px, hidden)
         self.block = SeriesODEBlock(CDEField(hidden, px, units), **solver)
         self.readout = nn.Linear(hidden, self.out_channels)
@@ -92,7 +105,7 @@ class NeuralCDE(AbstractSeriesModel):
 
     def _solve(self, batch: SeriesBatch, grid: torch.Tensor) -> torch.Tensor:
         """States ``(K, B, H)`` at the per-sample times ``grid`` ``(B, K)``."""
-        path = control_path(batch, self.interpolation)
+        path = control_path(batch, self.interpolation, intensity=self.intensity)
         t_first = batch.times[:, 0]
         t_last = batch.times.gather(1, (batch.lengths - 1)[:, None])[:, 0]
         e_t = torch.zeros(path.a.shape[-1], dtype=path.a.dtype, device=path.a.device)
