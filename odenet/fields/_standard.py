@@ -26,12 +26,12 @@ by ``kernel_size`` (Gouk et al., 2021), not by 1; GroupNorm and FiLM are not bou
 
 from __future__ import annotations
 
-import inspect
-import math
-from typing import List, Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import nn
+
+from ._layerwise import LayerwiseField  # re-exported: it used to live here
 
 __all__ = [
     "ACTIVATIONS",
@@ -312,135 +312,3 @@ def spectral_normalize(module: nn.Module, n_power_iterations: int = 1) -> nn.Mod
     for m in targets:
         spectral_norm(m, n_power_iterations=n_power_iterations)
     return module
-
-
-def _takes_time(block: nn.Module) -> bool:
-    """Whether ``block.forward`` takes ``(t, x)`` (two positional arguments) or ``x``."""
-    try:
-        sig = inspect.signature(block.forward)
-    except (TypeError, ValueError):
-        return False
-    pos = [p for p in sig.parameters.values()
-           if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
-    if any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values()):
-        return False
-    return len(pos) >= 2
-
-
-class _Piece(nn.Module):
-    """Block ``k`` of a :class:`LayerwiseField` as a vector field ``(t, x) -> block(x)``."""
-
-    def __init__(self, block: nn.Module, takes_time: bool):
-        super().__init__()
-        self.block = block
-        self.takes_time = takes_time
-
-    def forward(self, t, x):
-        return self.block(t, x) if self.takes_time else self.block(x)
-
-
-class LayerwiseField(nn.Module):
-    """A vector field that is piecewise constant in time: block ``k`` owns one interval.
-
-    With ``L = len(blocks)`` block ``k`` is the field on ``[k*t1/L, (k+1)*t1/L)`` (the
-    last block also owns ``t = t1``). Hence ``ODEBlock(LayerwiseField(blocks, t1=L),
-    method="euler", steps=L)`` is exactly the residual network
-    ``for b in blocks: x = x + b(x)``, weights untied across layers.
-
-    The block index of a time ``t`` is ``floor(t*L/t1 + tol)`` with ``tol`` a few
-    machine epsilons of ``t``'s dtype (relative), so grid times ``k*h`` that round a hair
-    below a boundary still select block ``k``.
-
-    Other solvers: the field jumps at the interior :meth:`boundaries`, so a solver step
-    that straddles one, or a stage evaluated exactly at a step's right end (RK4's last
-    stage, backward Euler, Dormand–Prince's FSAL stage) would mix two blocks.
-    :class:`odenet.ODEBlock` therefore integrates interval by interval with each block
-    on its own (``piece(k)``) whenever a method is not a forward-Euler-type method on a
-    grid aligned with the boundaries; adaptive methods then see a smooth field on every
-    interval. Calling ``solvers.solve`` on this field directly with an adaptive method,
-    pass ``options=dict(step_t=field.boundaries())`` at least; but note that a
-    right-end stage at a boundary still evaluates the next block (rounding makes a
-    one-ulp ``jump_t`` nudge indistinguishable from a grid time), so the per-interval
-    solve is the exact route.
-
-    Parameters
-    ----------
-    blocks : sequence of nn.Module
-        Each maps ``x -> dx`` or ``(t, x) -> dx`` (detected from its ``forward``
-        signature unless ``takes_time`` says).
-    t1 : float
-        End of the time interval the blocks tile.
-    takes_time : bool, optional
-        Force how blocks are called: ``True`` -> ``block(t, x)``, ``False`` -> ``block(x)``.
-    """
-
-    def __init__(self, blocks: Sequence[nn.Module], t1: float = 1.0, takes_time: Optional[bool] = None):
-        super().__init__()
-        if isinstance(blocks, nn.Module) and not isinstance(blocks, (nn.ModuleList, nn.Sequential)):
-            raise TypeError("`blocks` must be a sequence of nn.Module (e.g. a list or nn.ModuleList), got a single module")
-        blocks = list(blocks)
-        if not blocks:
-            raise ValueError("`blocks` must hold at least one module")
-        for i, b in enumerate(blocks):
-            if not isinstance(b, nn.Module):
-                raise TypeError(f"`blocks[{i}]` must be an nn.Module, got {type(b).__name__}")
-        if isinstance(t1, bool) or not isinstance(t1, (int, float)) or not math.isfinite(t1) or t1 <= 0:
-            raise ValueError(f"`t1` must be a positive finite number, got {t1!r}")
-        self.blocks = nn.ModuleList(blocks)
-        self.t1 = float(t1)
-        self.takes_time = [(_takes_time(b) if takes_time is None else bool(takes_time)) for b in blocks]
-        self._pieces = [_Piece(b, tt) for b, tt in zip(blocks, self.takes_time)]
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def boundaries(self) -> List[float]:
-        """The interior times ``k*t1/L`` (``k = 1..L-1``) where the field jumps."""
-        n = len(self.blocks)
-        h = self.t1 / n
-        return [k * h for k in range(1, n)]
-
-    def interval(self, k: int) -> tuple:
-        """``(start, end)`` of block ``k``'s time interval (float64 values)."""
-        n = len(self.blocks)
-        if not 0 <= k < n:
-            raise IndexError(f"block index {k} out of range for {n} blocks")
-        h = self.t1 / n
-        return (k * h, self.t1 if k == n - 1 else (k + 1) * h)
-
-    def piece(self, k: int) -> nn.Module:
-        """Block ``k`` alone as a vector field ``(t, x) -> dx`` (not registered twice)."""
-        self.interval(k)  # range check
-        return self._pieces[k]
-
-    def index(self, t) -> int:
-        """The block owning time ``t`` (a float or a scalar tensor; one host sync)."""
-        tf = float(t)
-        n = len(self.blocks)
-        eps = torch.finfo(t.dtype).eps if isinstance(t, torch.Tensor) and t.dtype.is_floating_point else 2.0**-52
-        s = tf * n / self.t1
-        tol = 64.0 * eps * max(1.0, abs(s))
-        if not (-tol <= s <= n + tol):
-            raise ValueError(f"LayerwiseField is defined on [0, {self.t1}] but was evaluated at t={tf!r}")
-        return min(max(int(math.floor(s + tol)), 0), n - 1)
-
-    def forward(self, t, x: torch.Tensor) -> torch.Tensor:
-        return self._pieces[self.index(t)](t, x)
-
-    def as_function(self):
-        """This field as a plain function ``f(t, x)`` (no ``nn.Module`` call overhead).
-
-        The blocks are called directly, so forward/backward hooks on the blocks still
-        run but hooks on the ``LayerwiseField`` itself do not. :class:`odenet.ODEBlock`
-        uses it on its fast path; the function reads the blocks at call time.
-        """
-        blocks, takes_time, index = self.blocks, self.takes_time, self.index
-
-        def f(t, x):
-            k = index(t)
-            return blocks[k](t, x) if takes_time[k] else blocks[k](x)
-
-        return f
-
-    def extra_repr(self) -> str:
-        return f"t1={self.t1}, blocks={len(self.blocks)}"
