@@ -103,6 +103,12 @@ class _Piece(nn.Module):
         return self.block(t, x) if self.takes_time else self.block(x)
 
 
+def _tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """``module``'s tensor at dotted ``name`` as the attribute reads now."""
+    prefix, _, attr = name.rpartition(".")
+    return getattr(module.get_submodule(prefix) if prefix else module, attr)
+
+
 class _LinearPiece(nn.Module):
     """Interval ``k`` of a linearly interpolated :class:`LayerwiseField`: the parameters
     ``lerp(theta_k, theta_{k+1}, (t - start)/h)`` applied with ``functional_call``.
@@ -117,11 +123,12 @@ class _LinearPiece(nn.Module):
         super().__init__()
         self.left, self.right = left, right
         self.takes_time, self.start, self.h = takes_time, start, h
+        self.names = [n for n, _ in left.named_parameters()]
 
     def weight(self, t) -> float:
         if isinstance(t, torch.Tensor) and t.numel() != 1:
-            raise ValueError("LayerwiseField(interpolation='linear') takes one time shared by the batch; "
-                             f"got times of shape {tuple(t.shape)} (per-sample time grids are not supported)")
+            raise ValueError("LayerwiseField takes one time shared by the batch; got times of shape "
+                             f"{tuple(t.shape)} (per-sample time grids are not supported)")
         w = (float(t) - self.start) / self.h
         tol = 64.0 * 2.0**-52 * max(1.0, abs(float(t)) / self.h)
         return 0.0 if abs(w) <= tol else 1.0 if abs(w - 1.0) <= tol else w
@@ -133,8 +140,9 @@ class _LinearPiece(nn.Module):
             return self.left(*args)
         if w == 1.0:
             return self.right(*args)
-        right = dict(self.right.named_parameters())
-        params = {n: torch.lerp(p, right[n], w) for n, p in self.left.named_parameters()}
+        # read by attribute, not named_parameters(): under an outer functional_call (or
+        # torch.func transforms) the blocks' tensors are swapped attributes
+        params = {n: torch.lerp(_tensor(self.left, n), _tensor(self.right, n), w) for n in self.names}
         return functional_call(self.left, params, args)
 
 
@@ -303,6 +311,9 @@ class LayerwiseField(nn.Module):
 
     def index(self, t) -> int:
         """The block owning time ``t`` (a float or a scalar tensor; one host sync)."""
+        if isinstance(t, torch.Tensor) and t.numel() != 1:
+            raise ValueError("LayerwiseField takes one time shared by the batch; got times of shape "
+                             f"{tuple(t.shape)} (per-sample time grids are not supported)")
         tf = float(t)
         n = len(self.blocks)
         eps = torch.finfo(t.dtype).eps if isinstance(t, torch.Tensor) and t.dtype.is_floating_point else 2.0**-52

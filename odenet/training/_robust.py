@@ -79,9 +79,18 @@ class DynamicsRegularizer:
         self.blocks = _blocks(model)
         if not self.blocks:
             raise ValueError(f"{type(model).__name__} has no ode_blocks(); nothing to regularise")
-        if self.smoothness:
-            from ..fields._layerwise import LayerwiseField
+        from ..fields._layerwise import LayerwiseField
 
+        if self.kinetic or self.jacobian:
+            for i, b in enumerate(self.blocks):
+                if isinstance(b.field, LayerwiseField):
+                    # ODEBlock calls a layerwise field's blocks (or pieces) directly, so a hook on the
+                    # field would record nothing and the penalty would silently be zero
+                    raise ValueError(
+                        f"the kinetic and Jacobian penalties record the calls of a field, but ODE block {i} of "
+                        f"{type(model).__name__} integrates a LayerwiseField, whose blocks it calls directly; "
+                        "they are not supported there: set kinetic=jacobian=0 (the smoothness penalty is)")
+        if self.smoothness:
             for i, b in enumerate(self.blocks):
                 if not isinstance(b.field, LayerwiseField):
                     raise ValueError(
