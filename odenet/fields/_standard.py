@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._layerwise import LayerwiseField  # re-exported: it used to live here
+from ._layerwise import LayerwiseField  # noqa: F401  (re-exported: it used to live here)
 
 __all__ = [
     "ACTIVATIONS",
