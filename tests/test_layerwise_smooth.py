@@ -153,7 +153,15 @@ def test_smooth_and_tied_initialisations():
     for k, blk in enumerate(f.blocks):
         s = k / 4
         for p, pa, pb in zip(blk.parameters(), a, b):
-            assert torch.allclose(p, math.cos(math.pi * s / 2) * pa + math.sin(math.pi * s / 2) * pb, atol=1e-15)
+            ma, mb = pa.mean(), pb.mean()
+            want = (1 - s) * ma + s * mb + math.cos(math.pi * s / 2) * (pa - ma) + math.sin(math.pi * s / 2) * (pb - mb)
+            assert torch.allclose(p, want, rtol=0, atol=1e-15)
+    # a constant-initialised tensor stays constant; the random ones keep their spread
+    norm = LayerwiseField([nn.Sequential(nn.Linear(3, 64), nn.LayerNorm(64)).double() for _ in range(5)],
+                          init="smooth")
+    assert all(torch.equal(blk[1].weight, torch.ones(64, dtype=torch.float64)) for blk in norm.blocks)
+    stds = [float(blk[0].weight.detach().std()) for blk in norm.blocks]
+    assert max(stds) / min(stds) < 1.25  # each 64x3 weight: ~9 % sampling error of the std
     tied = LayerwiseField(_mlps(n=3, seed=3), init="tied")
     assert all(torch.equal(p, q) for blk in tied.blocks for p, q in zip(blk.parameters(), tied.blocks[0].parameters()))
     assert float(tied.smoothness_penalty().detach()) == 0.0

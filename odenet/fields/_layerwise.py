@@ -32,11 +32,13 @@ residual scaled by ``h = t1 / L`` (keep ``t1`` fixed as ``L`` grows; the classif
 for linear ResNets), while independently initialised blocks stay rough. Hence
 
 - ``init="tied"``: every block starts as a copy of block 0 (a constant function of depth);
-- ``init="smooth"``: ``theta_k = cos(pi s_k / 2) A + sin(pi s_k / 2) B`` with
-  ``s_k = k / (L - 1)``, ``A`` and ``B`` the initial parameters of blocks ``0`` and
-  ``L - 1``: an analytic function of depth whose differences are ``O(1/L)``, and, as
-  ``cos^2 + sin^2 = 1``, each block has the variance of the architecture's own
-  (independent, zero-mean) initialisation;
+- ``init="smooth"``: per parameter tensor,
+  ``theta_k = (1 - s_k) m_A + s_k m_B + cos(pi s_k / 2) (A - m_A) + sin(pi s_k / 2) (B - m_B)``
+  with ``s_k = k / (L - 1)``, ``A`` and ``B`` the initial tensors of blocks ``0`` and
+  ``L - 1`` and ``m_A``, ``m_B`` their means: an analytic function of depth whose
+  differences are ``O(1/L)``. As ``cos^2 + sin^2 = 1`` the random part of each block keeps
+  the variance of the architecture's own (independent) initialisation, and a tensor
+  initialised to a constant (a zero bias, a norm's unit weight) stays that constant;
 - :meth:`LayerwiseField.smoothness_penalty`: a training penalty on the differences.
 """
 
@@ -260,9 +262,13 @@ class LayerwiseField(nn.Module):
         b = {name: params[-1][name].detach().clone() for name in names}
         for k in range(n):
             s = k / (n - 1) if n > 1 else 0.0
-            ca, cb = (1.0, 0.0) if init == "tied" else (math.cos(math.pi * s / 2), math.sin(math.pi * s / 2))
             for name in names:
-                params[k][name].copy_(ca * a[name] + cb * b[name])
+                if init == "tied":
+                    params[k][name].copy_(a[name])
+                    continue
+                ma, mb = a[name].mean(), b[name].mean()
+                params[k][name].copy_((1 - s) * ma + s * mb + math.cos(math.pi * s / 2) * (a[name] - ma)
+                                      + math.sin(math.pi * s / 2) * (b[name] - mb))
 
     def smoothness_penalty(self) -> torch.Tensor:
         """``sum_k |theta_{k+1} - theta_k|^2 / h`` over consecutive blocks (``h = t1 / L``).
