@@ -6,7 +6,8 @@ The pieces, bottom up:
   :class:`ConvField`, time-conditioned by concatenation or FiLM, the parabolic
   :class:`ParabolicConvField` / :class:`ParabolicMLPField` (a one-sided Lipschitz bound
   that keeps backward Euler well posed, whatever the weights), and
-  :class:`LayerwiseField` (piecewise constant in time: an untied ResNet);
+  :class:`LayerwiseField` (one block per time interval: an untied ResNet, piecewise constant
+  or linearly interpolated in time);
 - :class:`ODEBlock`: integrates a field from 0 to ``t1`` with a swappable solver
   (``configure`` / ``using``);
 - classifiers :class:`ImageClassifier`, :class:`MLPClassifier` and :func:`build_model`;

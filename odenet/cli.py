@@ -146,6 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--robust", nargs="?", const="explicit", default=None, metavar="FAMILY",
                     help="solver-robust training: half the batches under a solver drawn from FAMILY "
                          "(default family: explicit = euler/midpoint/rk4 at 2-8 steps)")
+    lw = tr.add_argument_group("layerwise fields (an untied ResNet: one block of weights per time interval)")
+    lw.add_argument("--layers", type=_positive_int, default=None,
+                    help="blocks of the LayerwiseField (default 1: one field for all times); use --steps a "
+                         "multiple of it for the Euler ResNet")
+    lw.add_argument("--interpolation", choices=("constant", "linear"), default=None,
+                    help="the blocks' weights between their start times: constant (default, piecewise-constant "
+                         "field) or linear (continuous in time)")
+    lw.add_argument("--layer-init", choices=("tied", "smooth"), default=None,
+                    help="initialise the blocks as a smooth function of depth (Sander et al. 2022): tied (all "
+                         "equal) or smooth (a cos/sin blend of two independent draws); default independent")
+    lw.add_argument("--smoothness", type=_nonneg_float, default=None,
+                    help="weight of the depth-smoothness penalty sum_k |theta_{k+1}-theta_k|^2 / h "
+                         "(default 0: off; needs --layers > 1)")
     tr.set_defaults(epochs=5)
     tr.add_argument("--out", default="runs/train",
                     help="directory for metrics.csv, metrics.json, checkpoint.pt (default runs/train)")
@@ -343,7 +356,7 @@ def _run_train(args: argparse.Namespace) -> int:
                       quiet=args.quiet, limit_train=args.limit_train, limit_test=args.limit_test,
                       method=args.method, steps=args.steps, rtol=args.rtol, atol=args.atol,
                       gradient=args.gradient, root_finder=args.root_finder,
-                      **_training_options(args), robust=args.robust)
+                      **_training_options(args), **_layerwise_options(args), robust=args.robust)
     result = train(cfg)
     if not args.quiet and result.metrics and _is_main_process():
         last = result.metrics[-1]
@@ -360,6 +373,12 @@ def _training_options(args: argparse.Namespace) -> dict:
     """The head / schedule / regularisation flags that were given (the config's defaults otherwise)."""
     names = {"head": "head", "lr_schedule": "lr_schedule", "kinetic": "kinetic", "jacobian_reg": "jacobian_reg"}
     return {k: getattr(args, a) for k, a in names.items() if getattr(args, a, None) is not None}
+
+
+def _layerwise_options(args: argparse.Namespace) -> dict:
+    """``odenet train``'s layerwise-field flags that were given (the config's defaults otherwise)."""
+    names = ("layers", "interpolation", "layer_init", "smoothness")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
 def _run_diagnose(args: argparse.Namespace) -> int:

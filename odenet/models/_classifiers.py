@@ -107,10 +107,13 @@ def _no_expansion(expansion, cls_name: str) -> None:
         raise ValueError(f"{cls_name}: `expansion` applies to field='parabolic' only, got expansion={expansion!r}")
 
 
-def _layers_field(make, layers: int, t1: float):
+def _layers_field(make, layers: int, t1: float, interpolation: str = "constant", layer_init=None):
     if layers == 1:
+        if interpolation != "constant" or layer_init is not None:
+            raise ValueError("`interpolation` and `layer_init` apply to layerwise fields only; pass layers > 1 "
+                             f"(got layers=1, interpolation={interpolation!r}, layer_init={layer_init!r})")
         return make()
-    return LayerwiseField([make() for _ in range(layers)], t1=t1)
+    return LayerwiseField([make() for _ in range(layers)], t1=t1, interpolation=interpolation, init=layer_init)
 
 
 class ImageClassifier(_ODEClassifier):
@@ -139,6 +142,11 @@ class ImageClassifier(_ODEClassifier):
         Neural ODE). ``L > 1``: each block's field is a :class:`LayerwiseField` of ``L``
         fields, one per time interval (a ResNet with untied weights under Euler with
         ``steps=L``).
+    interpolation : {"constant", "linear"}
+        With ``layers > 1``: the :class:`LayerwiseField`'s interpolation in time.
+    layer_init : {None, "tied", "smooth"}
+        With ``layers > 1``: the :class:`LayerwiseField`'s ``init`` (blocks drawn as a
+        smooth function of depth; Sander et al. 2022).
     groups : int, optional
         GroupNorm groups inside the fields (None: no normalisation).
     activation : str
@@ -171,7 +179,8 @@ class ImageClassifier(_ODEClassifier):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, image_size: int = 8,
                  num_blocks: int = 1, augment: int = 0, spectral_norm: bool = False, time: str = "none",
                  layers: int = 1, groups: Optional[int] = None, activation: str = "tanh", field: str = "conv",
-                 expansion: float = 0.0, head: str = "pool", **solver_cfg):
+                 expansion: float = 0.0, head: str = "pool", interpolation: str = "constant",
+                 layer_init: Optional[str] = None, **solver_cfg):
         super().__init__()
         if head not in IMAGE_HEADS:
             raise ValueError(f"ImageClassifier: `head` must be one of {IMAGE_HEADS}, got {head!r}")
@@ -198,13 +207,14 @@ class ImageClassifier(_ODEClassifier):
             _no_expansion(expansion, type(self).__name__)
             make = lambda: ConvField(channels, time=time, groups=groups, activation=activation,  # noqa: E731
                                      spectral_norm=bool(spectral_norm))
-        self.blocks = nn.ModuleList(ODEBlock(_layers_field(make, layers, t1), **solver) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(ODEBlock(_layers_field(make, layers, t1, interpolation, layer_init), **solver)
+                                    for _ in range(num_blocks))
         features = channels * (image_size * image_size if head == "flatten" else 1)
         self.head = nn.Linear(features, num_classes)
         self._arch = dict(in_channels=in_channels, num_classes=num_classes, width=width, image_size=image_size,
                           num_blocks=num_blocks, augment=augment, spectral_norm=bool(spectral_norm), time=time,
                           layers=layers, groups=groups, activation=activation, field=field, expansion=expansion,
-                          head=head)
+                          head=head, interpolation=interpolation, layer_init=layer_init)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The ODE state at ``t1`` of the last block, ``[B, width + augment, H, W]``."""
@@ -244,7 +254,7 @@ class MLPClassifier(_ODEClassifier):
         Time dependence of the fields.
     depth : int
         Hidden layers of each field.
-    layers : int
+    layers, interpolation, layer_init
         As in :class:`ImageClassifier`.
     num_blocks : int
         ODE blocks in sequence.
@@ -262,7 +272,7 @@ class MLPClassifier(_ODEClassifier):
     def __init__(self, in_features: int, num_classes: int, hidden: int = 64, augment: int = 0,
                  spectral_norm: bool = False, time: str = "none", depth: int = 2, layers: int = 1,
                  num_blocks: int = 1, activation: str = "tanh", field: str = "mlp", expansion: float = 0.0,
-                 **solver_cfg):
+                 interpolation: str = "constant", layer_init: Optional[str] = None, **solver_cfg):
         super().__init__()
         self.in_features = _check_int("in_features", in_features, 1)
         self.num_classes = _check_int("num_classes", num_classes, 1)
@@ -285,11 +295,13 @@ class MLPClassifier(_ODEClassifier):
             _no_expansion(expansion, type(self).__name__)
             make = lambda: MLPField(dim, hidden=hidden, depth=depth, activation=activation, time=time,  # noqa: E731
                                     spectral_norm=bool(spectral_norm))
-        self.blocks = nn.ModuleList(ODEBlock(_layers_field(make, layers, t1), **solver) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(ODEBlock(_layers_field(make, layers, t1, interpolation, layer_init), **solver)
+                                    for _ in range(num_blocks))
         self.head = nn.Linear(dim, num_classes)
         self._arch = dict(in_features=in_features, num_classes=num_classes, hidden=hidden, augment=augment,
                           spectral_norm=bool(spectral_norm), time=time, depth=depth, layers=layers,
-                          num_blocks=num_blocks, activation=activation, field=field, expansion=expansion)
+                          num_blocks=num_blocks, activation=activation, field=field, expansion=expansion,
+                          interpolation=interpolation, layer_init=layer_init)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The ODE state at ``t1`` of the last block, ``[B, hidden + augment]``."""

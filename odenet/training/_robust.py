@@ -1,5 +1,5 @@
-"""Training options on the dynamics of an ODE model: kinetic-energy and Jacobian
-regularisation (:class:`DynamicsRegularizer`) and solver-robust training
+"""Training options on the dynamics of an ODE model: kinetic-energy, Jacobian and
+depth-smoothness regularisation (:class:`DynamicsRegularizer`) and solver-robust training
 (:class:`SolverSampler`).
 
 Kinetic energy and Jacobian Frobenius norm (Finlay et al. 2020, "How to train your
@@ -26,6 +26,11 @@ parameters, so this works for every gradient mode (the implicit-function theorem
 adjoints record no graph through the solve); the gradient does not flow through the
 states themselves. ``R_J`` uses Hutchinson's estimator ``E |eps^T J|^2 = |J|_F^2`` with one
 Gaussian probe per sample and time.
+
+The smoothness term ``R_S = sum_k |theta_{k+1} - theta_k|^2 / h`` (the discrete H1
+seminorm in depth of a :class:`odenet.LayerwiseField`'s blocks,
+:meth:`~odenet.LayerwiseField.smoothness_penalty`, summed over the blocks of the model)
+needs no forward pass: it is a function of the weights alone, added at every batch.
 """
 
 from __future__ import annotations
@@ -45,35 +50,61 @@ def _blocks(model: nn.Module) -> list:
 
 
 class DynamicsRegularizer:
-    """``kinetic * R_K + jacobian * R_J`` of every ODE block of a model, for :func:`odenet.fit`.
+    """``kinetic * R_K + jacobian * R_J + smoothness * R_S`` of every ODE block of a model,
+    for :func:`odenet.fit`.
 
     Parameters
     ----------
     model : nn.Module
         A model with ``ode_blocks()``; hooks are installed on the blocks' fields.
     kinetic, jacobian : float
-        Weights of the kinetic-energy and Jacobian-Frobenius terms (>= 0, not both 0).
+        Weights of the kinetic-energy and Jacobian-Frobenius terms (>= 0).
+    smoothness : float
+        Weight of the depth-smoothness term (>= 0); every block's field must then be a
+        :class:`odenet.LayerwiseField` of identically built blocks (``ValueError`` otherwise).
+        At least one of the three weights must be positive.
 
     Call :meth:`value` (or the object itself) after a forward pass to get the penalty
     (a 0-dim tensor with a graph to the fields' parameters); :meth:`remove` takes the
     hooks off. Recording happens only while the model is in training mode.
     """
 
-    def __init__(self, model: nn.Module, *, kinetic: float = 0.0, jacobian: float = 0.0):
-        for name, v in (("kinetic", kinetic), ("jacobian", jacobian)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-                raise ValueError(f"`{name}` must be a non-negative number (a penalty weight), got {v!r}")
-        if not kinetic and not jacobian:
-            raise ValueError("DynamicsRegularizer needs kinetic > 0 or jacobian > 0")
-        self.kinetic, self.jacobian = float(kinetic), float(jacobian)
+    def __init__(self, model: nn.Module, *, kinetic: float = 0.0, jacobian: float = 0.0, smoothness: float = 0.0):
+        for name, v in (("kinetic", kinetic), ("jacobian", jacobian), ("smoothness", smoothness)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == float("inf"):
+                raise ValueError(f"`{name}` must be a non-negative finite number (a penalty weight), got {v!r}")
+        if not kinetic and not jacobian and not smoothness:
+            raise ValueError("DynamicsRegularizer needs kinetic > 0, jacobian > 0 or smoothness > 0")
+        self.kinetic, self.jacobian, self.smoothness = float(kinetic), float(jacobian), float(smoothness)
         self.blocks = _blocks(model)
         if not self.blocks:
             raise ValueError(f"{type(model).__name__} has no ode_blocks(); nothing to regularise")
+        from ..fields._layerwise import LayerwiseField
+
+        if self.kinetic or self.jacobian:
+            for i, b in enumerate(self.blocks):
+                if isinstance(b.field, LayerwiseField):
+                    # ODEBlock calls a layerwise field's blocks (or pieces) directly, so a hook on the
+                    # field would record nothing and the penalty would silently be zero
+                    raise ValueError(
+                        f"the kinetic and Jacobian penalties record the calls of a field, but ODE block {i} of "
+                        f"{type(model).__name__} integrates a LayerwiseField, whose blocks it calls directly; "
+                        "they are not supported there: set kinetic=jacobian=0 (the smoothness penalty is)")
+        if self.smoothness:
+            for i, b in enumerate(self.blocks):
+                if not isinstance(b.field, LayerwiseField):
+                    raise ValueError(
+                        f"`smoothness` penalises differences between the blocks of a LayerwiseField, but ODE "
+                        f"block {i} of {type(model).__name__} has a {type(b.field).__name__}; build the model "
+                        "with layers > 1 (`odenet train --layers L`) or drop the smoothness weight")
+                b.field.check_identical("the smoothness penalty")
         self._records: dict[int, dict] = {}
-        self._handles = [b.field.register_forward_hook(self._hook(i)) for i, b in enumerate(self.blocks)]
-        # a new solve starts a new record: calls made after the forward pass (an adjoint's
-        # or a checkpoint's recomputation during backward) never leak into the next batch
-        self._handles += [b.register_forward_pre_hook(self._clear(i)) for i, b in enumerate(self.blocks)]
+        self._handles = []
+        if self.kinetic or self.jacobian:  # the smoothness term needs no record of the solve
+            self._handles = [b.field.register_forward_hook(self._hook(i)) for i, b in enumerate(self.blocks)]
+            # a new solve starts a new record: calls made after the forward pass (an adjoint's
+            # or a checkpoint's recomputation during backward) never leak into the next batch
+            self._handles += [b.register_forward_pre_hook(self._clear(i)) for i, b in enumerate(self.blocks)]
         self.last: dict[str, float] = {}
 
     def _hook(self, i: int):
@@ -126,8 +157,21 @@ class DynamicsRegularizer:
         zero = next(block.field.parameters()).new_zeros(())
         return (zero if rk is None else rk), (zero if rj is None else rj)
 
+    def smoothness_term(self) -> torch.Tensor:
+        """``R_S``: the sum of the blocks' :meth:`~odenet.LayerwiseField.smoothness_penalty`."""
+        terms = [b.field.smoothness_penalty() for b in self.blocks]
+        return terms[0] if len(terms) == 1 else torch.stack(terms).sum()
+
     def value(self, model: nn.Module | None = None) -> torch.Tensor:
-        """The penalty of the latest forward pass (clears the records)."""
+        """The penalty of the latest forward pass (clears the records) plus the smoothness term."""
+        rs = self.smoothness_term() if self.smoothness else None
+        total = self._dynamics() if (self.kinetic or self.jacobian) else None
+        if rs is None:
+            return total if total is not None else next(self.blocks[0].field.parameters()).new_zeros(())
+        self.last["smoothness"] = float(rs.detach())
+        return self.smoothness * rs if total is None else total + self.smoothness * rs
+
+    def _dynamics(self) -> torch.Tensor:
         total_k = total_j = None
         for i, block in enumerate(self.blocks):
             points = self._records.get(i)
@@ -139,7 +183,7 @@ class DynamicsRegularizer:
         self._records = {}
         if total_k is None:
             return next(self.blocks[0].field.parameters()).new_zeros(())
-        self.last = {"kinetic": float(total_k.detach()), "jacobian": float(total_j.detach())}
+        self.last.update(kinetic=float(total_k.detach()), jacobian=float(total_j.detach()))
         return self.kinetic * total_k + self.jacobian * total_j
 
     __call__ = value

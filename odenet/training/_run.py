@@ -29,6 +29,10 @@ class TrainConfig:
     ``head`` the image classifier's head (``"pool"`` or ``"flatten"``). ``lr_schedule``:
     ``"constant"``, ``"cosine"`` or ``"onecycle"`` (see :func:`odenet.fit`). ``kinetic`` and
     ``jacobian_reg`` weight the :class:`odenet.DynamicsRegularizer` penalties (0: off).
+    ``layers`` > 1 makes the field a :class:`odenet.LayerwiseField` of that many blocks (an
+    untied ResNet under Euler with ``steps`` a multiple of it), ``interpolation`` and
+    ``layer_init`` its time interpolation and initialisation, and ``smoothness`` weights its
+    depth-smoothness penalty (0: off; a positive weight needs ``layers`` > 1).
     ``robust``: a solver family name (:data:`odenet.SOLVER_FAMILIES`) for solver-robust
     training, a share ``robust_p`` of the batches under a solver drawn from it
     (:class:`odenet.SolverSampler`); ``None`` (default) trains under the view's own solver only.
@@ -65,6 +69,10 @@ class TrainConfig:
     jacobian_reg: float = 0.0
     robust: str | None = None
     robust_p: float = 0.5
+    layers: int = 1
+    interpolation: str = "constant"
+    layer_init: str | None = None
+    smoothness: float = 0.0
 
     def solver_overrides(self) -> dict:
         return dict(method=self.method, steps=self.steps, rtol=self.rtol, atol=self.atol,
@@ -96,6 +104,8 @@ def train(config: TrainConfig | None = None, **kwargs: Any) -> TrainResult:
     arch["spectral_norm"] = bool(config.spectral_norm)
     arch.update(field_arch(config.field, config.expansion))
     arch["head"] = config.head
+    if config.layers != 1 or config.interpolation != "constant" or config.layer_init is not None:
+        arch.update(layers=config.layers, interpolation=config.interpolation, layer_init=config.layer_init)
     model = build_view_model(config.model, data, width=config.width,
                              solver=config.solver_overrides(), **arch)
     run_cfg = dict(model=config.model, data=config.data, seed=config.seed,
@@ -104,8 +114,9 @@ def train(config: TrainConfig | None = None, **kwargs: Any) -> TrainResult:
                    limit_test=config.limit_test, lr_schedule=config.lr_schedule)
     sampler = (SolverSampler(config.robust, p=config.robust_p, seed=config.seed)
                if config.robust is not None else None)
-    reg = (DynamicsRegularizer(model, kinetic=config.kinetic, jacobian=config.jacobian_reg)
-           if (config.kinetic or config.jacobian_reg) else None)
+    reg = (DynamicsRegularizer(model, kinetic=config.kinetic, jacobian=config.jacobian_reg,
+                               smoothness=config.smoothness)
+           if (config.kinetic or config.jacobian_reg or config.smoothness) else None)
     try:
         return fit(model, data, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                    weight_decay=config.weight_decay, seed=config.seed, device=config.device,
