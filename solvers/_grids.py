@@ -118,8 +118,9 @@ def add_sample_stats(stats, B: int, device) -> None:
 # ----------------------------------------------------------------------------- fixed steps
 
 
-def _masked_step(field, method, cfg, stats, on_step, y, f0, ta, hb, live, tdt, rdt):
-    """One step of every sample from ``ta`` by ``hb`` (``[B]``); samples not ``live`` are held.
+def _masked_step(field, method, cfg, stats, on_step, y, f0, ta, tb, hb, live, tdt, rdt):
+    """One step of every sample from ``ta`` to ``tb`` (``hb = tb - ta``, ``[B]``); samples not
+    ``live`` are held.
 
     Returns the new state and the derivative to reuse next step (``None``: evaluate it),
     or ``(None, None)`` when an implicit stage did not converge.
@@ -134,6 +135,8 @@ def _masked_step(field, method, cfg, stats, on_step, y, f0, ta, hb, live, tdt, r
         return None, None
     if on_step is not None:
         on_step(res, live, hb)
+    if cfg.on_batch_step is not None:  # dense output: f1 of a non-FSAL step is the next step's f0
+        cfg.on_batch_step(res, live, ta, tb, res.f1)
     keep = expand_b(live, y)
     y1 = torch.where(keep, res.y1, y)
     stats.sample_f_evals += (stats.n_f_evals - e0) * live
@@ -170,7 +173,7 @@ def fixed_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tenso
             ta, tb = t64[:, i], t64[:, i + 1]
             hb = tb - ta  # (B,) zero on padding
             live = hb != 0
-            y, f0 = _masked_step(field, method, cfg, stats, on_step, y, f0, ta, hb, live, tdt, rdt)
+            y, f0 = _masked_step(field, method, cfg, stats, on_step, y, f0, ta, tb, hb, live, tdt, rdt)
             if y is None:
                 return Outcome(outs, Status.ROOT_FINDER, float(ta.min()), f"the implicit solve of step {i} did not converge")
             outs.append(y)
@@ -192,7 +195,7 @@ def fixed_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tenso
         tb = torch.where(nb == i + 1, t_end, torch.minimum(t0 + (i + 1) * step, t_end))
         hb = (tb - ta).clamp(min=0)
         live = nb > i
-        y, f0 = _masked_step(field, method, cfg, stats, on_step, y, f0, ta, hb, live, tdt, rdt)
+        y, f0 = _masked_step(field, method, cfg, stats, on_step, y, f0, ta, tb, hb, live, tdt, rdt)
         if y is None:
             return Outcome(states[:1], Status.ROOT_FINDER, float(ta.min()), f"the implicit solve of step {i} did not converge")
         states.append(y)

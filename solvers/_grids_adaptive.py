@@ -192,6 +192,8 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
                 stats.sample_f_evals += accepted & (~land | inner)
         if on_step is not None:
             on_step(res, accepted, hstep)
+        if cfg.on_batch_step is not None:
+            cfg.on_batch_step(res, accepted, tn, t1, f1)
         acc_b = expand_b(accepted, y)
         y_new = torch.where(acc_b, res.y1, y)
         f0 = torch.where(acc_b, f1, f0)
@@ -282,4 +284,5 @@ def _extra_stages(method, field, res, ks, tn, hstep, tdt, stats, counted):
         yr = lincomb(res.y0, h, terms, ks)
         ks.append(field((tn + float(tab.c_extra[r]) * hstep).to(tdt), yr))
         stats.sample_f_evals += counted
+    res.cache = ks  # the step's stages for every sample: dense output reuses them
     return ks

@@ -50,6 +50,10 @@ class LoopConfig:
     #: in the loop's time); returning True ends the solve after that step's outputs
     #: (events and dense output, :mod:`solvers._events`, :mod:`solvers._dense`).
     on_accept: Optional[Callable] = None
+    #: Per-sample grids (``t`` ``[B, T]``): when set, ``on_batch_step(res, accepted, tn, t1, f1)``
+    #: runs after every batched step with ``[B]`` masks/times (float64, the loop's time) and
+    #: ``f1 = f(t1, y1)`` or ``None`` when the next step evaluates it (:mod:`solvers._dense_grids`).
+    on_batch_step: Optional[Callable] = None
 
 
 @dataclasses.dataclass

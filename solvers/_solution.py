@@ -138,6 +138,10 @@ class Solution:
         Needs ``solve(..., dense=True)``. Returns the state shape (0-dim ``t``) or
         ``[len(t), *state]``; differentiable with respect to ``y0``, the field's parameters
         and ``t``. A time outside the span raises ``ValueError``.
+
+        On a per-sample grid (a solve with ``t`` of shape ``[B, T]``) ``t`` has shape
+        ``[B, Q]``: row ``b`` holds sample ``b``'s query times, each inside that sample's own
+        span, and the result is ``[Q, B, ...]``, each sample interpolated on its own steps.
         """
         if self.dense is None:
             raise ValueError("this Solution has no dense output; solve with `dense=True` to call evaluate()")

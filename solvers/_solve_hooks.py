@@ -8,6 +8,7 @@ import dataclasses
 import torch
 
 from ._dense import DenseOutput, DenseRecorder
+from ._dense_grids import BatchedDenseOutput, BatchedDenseRecorder
 from ._events import Event, EventTracker
 
 __all__ = ["SolveHooks"]
@@ -24,8 +25,9 @@ class SolveHooks:
         if not isinstance(dense, bool):
             raise TypeError(f"`dense` must be a bool, got {dense!r}")
         what = "`events`" if events is not None else "`dense=True`"
-        if prob.t.ndim == 2:
-            raise ValueError(f"{what} is not supported on a per-sample `t` of shape [B, T]; use a shared 1-D `t`")
+        self.batched = prob.t.ndim == 2
+        if self.batched and events is not None:
+            raise ValueError("`events` is not supported on a per-sample `t` of shape [B, T]; use a shared 1-D `t` (dense=True does work there)")
         if getattr(prob.method, "integrate", None) is not None:
             raise ValueError(f"{what} needs a method of the shared loop; {prob.method.name!r} runs its own loop. Use e.g. 'dopri5', 'tsit5', 'rk4' or 'kvaerno5'")
         if prob.t.requires_grad:
@@ -37,6 +39,11 @@ class SolveHooks:
                 raise TypeError(f"`events` must be a solvers.Event or a callable fn(t, y), got {type(events).__name__}")
             events = Event(events)
         self.prob, self.ift = prob, ift
+        if self.batched:  # dense output only (events are refused above)
+            self.tracker = None
+            self.rec = BatchedDenseRecorder()
+            prob.cfg.on_batch_step = self.rec
+            return
         u0 = float(prob.t[0])
         self.tracker = EventTracker(events, prob.method, prob.y0, u0, prob.reverse, prob.shapes, prob.t.dtype, prob.stats) if events is not None else None
         self.rec = DenseRecorder() if dense else None
@@ -51,6 +58,9 @@ class SolveHooks:
 
     def finish(self, sol):
         prob, tr = self.prob, self.tracker
+        if self.batched:
+            dense = BatchedDenseOutput(self.rec, prob.method, prob.field, prob.y0, prob.t, prob.reverse, prob.stats)
+            return dataclasses.replace(sol, dense=dense)
         ys, ts, extra, post = sol.ys, sol.ts, {}, None
         stop = None
         if tr is not None:

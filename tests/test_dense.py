@@ -102,7 +102,7 @@ def test_errors_name_the_fix():
         solvers.solve(decay, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)).evaluate(0.5)
     with pytest.raises(TypeError, match="dense"):
         solvers.solve(decay, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), dense=1)
-    with pytest.raises(ValueError, match=r"per-sample `t`"):
-        solvers.solve(decay, torch.ones(2, 1, dtype=F64), torch.tensor([[0.0, 1.0], [0.0, 2.0]], dtype=F64), dense=True)
+    with pytest.raises(ValueError, match=r"shape \[B, Q\]"):  # per-sample grids: tests/test_grids_dense.py
+        solvers.solve(decay, torch.ones(2, 1, dtype=F64), torch.tensor([[0.0, 1.0], [0.0, 2.0]], dtype=F64), dense=True).evaluate(0.5 * torch.ones(2, dtype=F64))
     with pytest.raises(ValueError, match="own loop"):
         solvers.solve(decay, torch.ones(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="scipy_solver", dense=True)
