@@ -380,7 +380,10 @@ class ODEBlock(nn.Module):
         if cls.implicit and opts.get("grid_constructor") is not None:
             opts = dict(opts, grid_constructor=self._checked_grid(opts["grid_constructor"], cls))
         params = [p for p in module.parameters() if p.requires_grad] if cfg["gradient"] != "direct" else None
-        sol = solvers.solve(func, x, self._time(a, b, x.device), method=cfg["method"], rtol=cfg["rtol"],
+        # under torch.compile the times go in as Python floats: the tracer sees their values (no
+        # host read of a tensor), and no traced tensor lands in the block's cache of times
+        t = [a, b] if torch.compiler.is_compiling() else self._time(a, b, x.device)
+        sol = solvers.solve(func, x, t, method=cfg["method"], rtol=cfg["rtol"],
                             atol=cfg["atol"], options=opts, gradient=cfg["gradient"], params=params)
         return sol
 
@@ -393,6 +396,8 @@ class ODEBlock(nn.Module):
         to the final state, so checking the output is as strict as checking every output.
         """
         if self._cfg["options"] and self._cfg["options"].get("check_finite") is False:
+            return y
+        if torch.compiler.is_compiling():  # a host read; skipped when traced (solvers._compile)
             return y
         if math.isfinite(float(y.detach().sum())):
             return y

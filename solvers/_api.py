@@ -12,6 +12,7 @@ import torch
 from ._base import AbstractSolver
 from ._controller import AbstractController, IController, PIController
 from ._integrate import LoopConfig, Outcome, integrate, rms_norm
+from ._compile import compiling, traceable_fixed
 from ._grids import check_t_batched
 from ._problem import VectorField, adaptive_tols, nonfinite_y0, check_t, check_tol, check_y0, split_state, unflatten_outputs
 from ._registry import get_method
@@ -208,21 +209,26 @@ def max_of_rms(parts) -> torch.Tensor:
     return torch.stack([rms_norm(p) for p in parts]).max()
 
 
-def make_problem(func, y0, t, *, method, rtol, atol, options, params=None) -> Problem:
+def make_problem(func, y0, t, *, method, rtol, atol, options, params=None, traceable=False) -> Problem:
+    """``traceable``: the caller runs the plain loop (``gradient="direct"``, no hooks), so
+    under ``torch.compile`` a fixed-step solve on ``t``'s own intervals may skip every host
+    read of ``t`` (:mod:`solvers._compile`)."""
     y0_flat, shapes = check_y0(y0)
     batched = isinstance(t, torch.Tensor) and t.ndim == 2
-    if batched:
-        if shapes is not None:
-            raise ValueError("a per-sample `t` of shape [B, T] needs a tensor `y0` of shape [B, ...]; concatenate the parts of a tuple state along their last dimension")
-        t, _, reverse = check_t_batched(t, y0_flat)
-    else:
-        t, tl = check_t(t, y0_flat)
-        reverse = len(tl) > 1 and tl[1] < tl[0]
     options = dict(options or {})
     if isinstance(method, str) or not isinstance(method, AbstractSolver):  # (str first: the ABC check is slower)
         cls = get_method("dopri5" if method is None else method)
         method_opts = {k: options.pop(k) for k in list(options) if k in cls.option_names}
         method = cls(**method_opts)
+    values = not (traceable and isinstance(t, torch.Tensor) and compiling() and traceable_fixed(method, options))
+    tl = None
+    if batched:
+        if shapes is not None:
+            raise ValueError("a per-sample `t` of shape [B, T] needs a tensor `y0` of shape [B, ...]; concatenate the parts of a tuple state along their last dimension")
+        t, _, reverse = check_t_batched(t, y0_flat, values=values)
+    else:
+        t, tl = check_t(t, y0_flat, values=values)
+        reverse = tl is not None and len(tl) > 1 and tl[1] < tl[0]
     rtol = check_tol("rtol", rtol, y0_flat, shapes)
     atol = check_tol("atol", atol, y0_flat, shapes)
     stats = Stats()
@@ -231,6 +237,8 @@ def make_problem(func, y0, t, *, method, rtol, atol, options, params=None) -> Pr
     if batched:
         _check_batched_config(method, cfg, options)
     tf = -t if reverse else t
+    if tl is not None:  # the loop reads the times from here instead of from the device
+        cfg.host_t = (tf, [-v for v in tl] if reverse else tl)
     return Problem(func, field, y0_flat, tf, method, cfg, stats, shapes, reverse, params, rtol, atol, options)
 
 
@@ -285,7 +293,8 @@ def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, optio
         raise TypeError("`raise_on_failure` must be a bool")
     if gradient_options is not None and not isinstance(gradient_options, dict):
         raise TypeError(f"`gradient_options` must be a dict, got {type(gradient_options).__name__}")
-    prob = make_problem(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, params=params)
+    prob = make_problem(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, params=params,
+                        traceable=gradient == "direct" and events is None and dense is False)
     prob.gradient_options = dict(gradient_options or {})
     hooks = None
     if events is not None or dense is not False:

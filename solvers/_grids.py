@@ -17,17 +17,20 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from ._compile import compiling
 from ._solution import Status
 
 __all__ = ["check_t_batched", "batch_rms_norm", "batch_norm_of", "expand_b", "fixed_batched"]
 
 
-def check_t_batched(t: torch.Tensor, y0: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, bool]:
+def check_t_batched(t: torch.Tensor, y0: torch.Tensor, values: bool = True) -> Tuple[torch.Tensor, torch.Tensor, bool]:
     """Validate a per-sample grid ``t`` ``[B, T]`` against ``y0`` ``[B, ...]``.
 
     Returns ``(t, lengths, reverse)``: ``t`` on ``y0``'s device, ``lengths`` (``[B]`` int64,
     the number of distinct times per row, on the device) and whether the rows decrease.
-    One host synchronisation, before any solving.
+    One host synchronisation, before any solving. ``values=False`` (under
+    ``torch.compile``, :mod:`solvers._compile`): only the shapes are checked, no value is
+    read, and ``reverse`` is ``False`` (the fixed-step loop then steps in the user's time).
     """
     if not t.dtype.is_floating_point:
         raise TypeError(f"`t` must be a floating-point tensor (float64 recommended), got {t.dtype}")
@@ -42,6 +45,8 @@ def check_t_batched(t: torch.Tensor, y0: torch.Tensor) -> Tuple[torch.Tensor, to
         t = t.to(y0.device)
     td = t.detach()
     d = td[:, 1:] - td[:, :-1]  # (B, T-1)
+    if not values:
+        return t, 1 + (d != 0).sum(dim=1), False
     flags = torch.stack([
         (~torch.isfinite(td)).any(),
         (d > 0).any(dim=1).any(),
@@ -164,7 +169,10 @@ def fixed_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tenso
     t0 = t64[:, 0]
     t_end = t64.gather(1, (lengths - 1)[:, None])[:, 0]  # (B,)
     if cfg.step_size is None:
-        n, total = (int(v) for v in torch.stack([lengths.max() - 1, (lengths - 1).sum()]).tolist())
+        if compiling():  # every interval of the rows (a shape, not a value); padding is held
+            n, total = T - 1, None
+        else:
+            n, total = (int(v) for v in torch.stack([lengths.max() - 1, (lengths - 1).sum()]).tolist())
         if n > cfg.max_num_steps:
             return Outcome([y0], Status.MAX_STEPS, float(t0.min()), f"the grid has {n} steps but max_num_steps={cfg.max_num_steps}")
         y, f0 = y0, None
@@ -179,7 +187,8 @@ def fixed_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tenso
             outs.append(y)
         outs.extend([y] * (T - 1 - n))
         stats.n_steps += n
-        stats.n_accepted += total
+        if total is not None:  # under torch.compile the total stays in stats.sample_accepted
+            stats.n_accepted += total
         return Outcome(outs)
     step = cfg.step_size
     span = t_end - t0  # (B,) >= 0

@@ -17,6 +17,7 @@ from typing import Callable, List, Optional
 import torch
 
 from ._base import AbstractSolver, StepResult
+from ._compile import compiling, fixed_on_t, runs_on_t
 from ._controller import AbstractController, initial_step
 from ._problem import VectorField
 from ._solution import Stats, Status
@@ -54,6 +55,9 @@ class LoopConfig:
     #: runs after every batched step with ``[B]`` masks/times (float64, the loop's time) and
     #: ``f1 = f(t1, y1)`` or ``None`` when the next step evaluates it (:mod:`solvers._dense_grids`).
     on_batch_step: Optional[Callable] = None
+    #: ``(t, floats)``: the values of the loop's ``t`` as Python floats, known to the API
+    #: without reading the device (used only while the loop runs on that very ``t``).
+    host_t: Optional[tuple] = None
 
 
 @dataclasses.dataclass
@@ -86,15 +90,23 @@ def integrate(field, y0: torch.Tensor, t: torch.Tensor, method: AbstractSolver, 
     if t.shape[0] == 1:
         return Outcome([y0])
     own_loop = getattr(method, "integrate", None)  # multistep methods, wrappers (solvers._ownloop)
+    if compiling() and host_times(cfg, t) is None and runs_on_t(method, cfg):
+        return fixed_on_t(field, y0, t, method, cfg, stats)  # traced: no host read of t
     if own_loop is not None:
         out = own_loop(field, y0, t, cfg, stats)
     elif method.adaptive:
         out = _adaptive(field, y0, t, method, cfg, stats)
     else:
         out = _fixed(field, y0, t, method, cfg, stats)
-    if cfg.check_finite and out.status.ok:
+    if cfg.check_finite and out.status.ok and not compiling():  # a host read: skipped when traced
         _check_finite(out, t, last_only=not method.adaptive, sign=-1.0 if cfg.reverse else 1.0)
     return out
+
+
+def host_times(cfg: LoopConfig, t: torch.Tensor) -> Optional[list]:
+    """``t``'s values as floats if the API already has them (``LoopConfig.host_t``), else ``None``."""
+    ht = cfg.host_t
+    return ht[1] if ht is not None and ht[0] is t else None
 
 
 def _integrate_batched(field, y0, t, method, cfg, stats) -> Outcome:
@@ -102,7 +114,7 @@ def _integrate_batched(field, y0, t, method, cfg, stats) -> Outcome:
     from ._grids_adaptive import adaptive_batched
 
     td = t.detach()
-    lengths = 1 + (td[:, 1:] > td[:, :-1]).sum(dim=1)  # (B,) distinct times per row
+    lengths = 1 + (td[:, 1:] != td[:, :-1]).sum(dim=1)  # (B,) distinct times per row (rows are monotonic)
     if t.shape[1] == 1:
         return Outcome(y0.unsqueeze(0))
     if method.adaptive:
@@ -111,7 +123,7 @@ def _integrate_batched(field, y0, t, method, cfg, stats) -> Outcome:
         out = fixed_batched(field, y0, t, lengths, method, cfg, stats)
     if not isinstance(out.ys, torch.Tensor):
         out.ys = torch.stack(out.ys)
-    if cfg.check_finite and out.status.ok and not _all_finite(out.ys[-1] if not method.adaptive else out.ys):
+    if cfg.check_finite and out.status.ok and not compiling() and not _all_finite(out.ys[-1] if not method.adaptive else out.ys):
         bad = ~torch.isfinite(out.ys.detach().reshape(*out.ys.shape[:2], -1)).all(dim=2)  # (T, B)
         k, b = (int(v) for v in torch.nonzero(bad)[0])
         tb = float(t.detach()[b, k])
@@ -304,11 +316,13 @@ def fixed_grid(field, y0, t, method: AbstractSolver, cfg: LoopConfig):
     whether the times carry gradients with respect to ``t``. Built on the host once, cached
     for repeated solves on the same untracked ``t``.
     """
-    tl = t.tolist()
+    tl = host_times(cfg, t)
+    if tl is None:
+        tl = t.tolist()
     cs = method.stage_c
     s = len(cs)
     key = None
-    if cfg.grid_constructor is None and not t.requires_grad and not torch.is_inference_mode_enabled():
+    if not compiling() and cfg.grid_constructor is None and not t.requires_grad and not torch.is_inference_mode_enabled():
         key = (tuple(tl), cfg.step_size, cs, cfg.perturb, t.dtype, field_time_dtype(field, t), y0.device)
         hit = _GRID_CACHE.get(key)
         if hit is not None:

@@ -45,13 +45,17 @@ def nonfinite_y0() -> ValueError:
     return ValueError("`y0` contains NaN or inf; the initial state must be finite")
 
 
-def check_t(t, y0: torch.Tensor) -> Tuple[torch.Tensor, list]:
+def check_t(t, y0: torch.Tensor, values: bool = True) -> Tuple[torch.Tensor, Optional[list]]:
     """Validate ``t``: a 1-D, finite, strictly monotonic floating tensor; moved to y0's device.
 
-    Returns the tensor and its values as Python floats."""
+    Returns the tensor and its values as Python floats. ``values=False`` (a tensor ``t``
+    under ``torch.compile``, see :mod:`solvers._compile`): the checks that read values are
+    skipped and ``None`` comes back instead of the floats."""
+    tl = None
     if not isinstance(t, torch.Tensor):
-        if isinstance(t, (list, tuple)) and all(isinstance(v, numbers.Real) for v in t):
-            t = torch.tensor(t, dtype=torch.float64)
+        if isinstance(t, (list, tuple)) and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in t):
+            tl = [float(v) for v in t]  # known on the host: no read back (and visible to a tracer)
+            t = torch.tensor(tl, dtype=torch.float64)
         else:
             raise TypeError(f"`t` must be a 1-D torch.Tensor of times, got {type(t).__name__}")
     if t.ndim != 1:
@@ -62,7 +66,10 @@ def check_t(t, y0: torch.Tensor) -> Tuple[torch.Tensor, list]:
         raise TypeError(f"`t` must be a floating-point tensor (float64 recommended), got {t.dtype}")
     if t.device != y0.device:
         t = t.to(y0.device)
-    tl = t.tolist()  # (reads the values; no detach needed)
+    if tl is None:
+        if not values:
+            return t, None
+        tl = t.tolist()  # (reads the values; no detach needed)
     if len(tl) == 2:  # [t0, t1], the common case: the same checks, written out
         if not (math.isfinite(tl[0]) and math.isfinite(tl[1])):
             raise ValueError("`t` contains NaN or inf")
