@@ -128,7 +128,7 @@ def _masked_step(field, method, cfg, stats, on_step, y, f0, ta, tb, hb, live, td
     ``live`` are held.
 
     Returns the new state and the derivative to reuse next step (``None``: evaluate it),
-    or ``(None, None)`` when an implicit stage did not converge.
+    or ``(None, res)`` when an implicit stage did not converge (``res.info`` says more).
     """
     ts = [(ta + c * hb).to(tdt) for c in method.stage_c]
     h = expand_b(hb.to(rdt), y)
@@ -137,7 +137,7 @@ def _masked_step(field, method, cfg, stats, on_step, y, f0, ta, tb, hb, live, td
         f0 = field(ts[0], y)
     res = method.step(field, ts, y, h, f0)
     if not res.ok:
-        return None, None
+        return None, res
     if on_step is not None:
         on_step(res, live, hb)
     if cfg.on_batch_step is not None:  # dense output: f1 of a non-FSAL step is the next step's f0
@@ -148,6 +148,15 @@ def _masked_step(field, method, cfg, stats, on_step, y, f0, ta, tb, hb, live, td
     stats.sample_accepted += live
     f1 = None if (cfg.perturb or res.f1 is None) else torch.where(keep, res.f1, f0)
     return y1, f1
+
+
+def _root_failure(outs, res, i, ta, cfg):
+    """The outcome of a batched step whose implicit solve failed (one host read, on failure)."""
+    from ._integrate import Outcome, _root_detail, show_t
+
+    t0 = float(ta.min())
+    detail = _root_detail(res, i, show_t(cfg, t0)).replace(f"step {i} (t=", f"batched step {i} (earliest sample at t=")
+    return Outcome(outs, Status.ROOT_FINDER, t0, detail)
 
 
 def fixed_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, method, cfg, stats, on_step=None):
@@ -183,7 +192,7 @@ def fixed_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tenso
             live = hb != 0
             y, f0 = _masked_step(field, method, cfg, stats, on_step, y, f0, ta, tb, hb, live, tdt, rdt)
             if y is None:
-                return Outcome(outs, Status.ROOT_FINDER, float(ta.min()), f"the implicit solve of step {i} did not converge")
+                return _root_failure(outs, f0, i, ta, cfg)
             outs.append(y)
         outs.extend([y] * (T - 1 - n))
         stats.n_steps += n
@@ -206,7 +215,7 @@ def fixed_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tenso
         live = nb > i
         y, f0 = _masked_step(field, method, cfg, stats, on_step, y, f0, ta, tb, hb, live, tdt, rdt)
         if y is None:
-            return Outcome(states[:1], Status.ROOT_FINDER, float(ta.min()), f"the implicit solve of step {i} did not converge")
+            return _root_failure(states[:1], f0, i, ta, cfg)
         states.append(y)
     stats.n_steps += n
     stats.n_accepted += total

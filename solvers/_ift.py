@@ -77,13 +77,31 @@ def _private_graph():
     return torch.autograd.graph.saved_tensors_hooks(_keep, _keep)
 
 
+def flat_gamma(gamma, view: BatchView):
+    """``gamma`` in the flat ``(B, n)`` view: a float or 0-dim tensor as it is; a per-sample
+    step factor (``[B, 1, ...]``, a per-sample time grid) expanded to one entry per unknown,
+    so that ``J_G = diag(gamma) J_f`` is a row scaling in every view."""
+    if not isinstance(gamma, torch.Tensor):
+        return gamma
+    gamma = gamma.detach()
+    return gamma if gamma.ndim == 0 else view.flat_tol(gamma)
+
+
+def scale_rows(gamma, J: torch.Tensor) -> torch.Tensor:
+    """``diag(gamma) J`` for a ``(B, n, n)`` ``J``: ``gamma`` a float, 0-dim or ``(B, n)``."""
+    if isinstance(gamma, torch.Tensor) and gamma.ndim == 2:
+        return gamma[:, :, None] * J
+    return J * gamma
+
+
 class StageEquation:
-    """``x = c + gamma f(t, x)`` in the real ``(B, n)`` view of the state."""
+    """``x = c + gamma f(t, x)`` in the real ``(B, n)`` view of the state (``gamma``: see
+    :func:`flat_gamma`)."""
 
     def __init__(self, func, t, c, gamma, view: BatchView, key=None):
         self.func, self.t, self.view, self.key = func, t, view, key
         self.c = view.flat(c.detach())
-        self.gamma = gamma.detach() if isinstance(gamma, torch.Tensor) else gamma
+        self.gamma = flat_gamma(gamma, view)
 
     def f(self, x):
         return self.view.flat(self.func(self.t, self.view.state(x)))
@@ -99,7 +117,7 @@ class StageEquation:
 
     def jacobian(self, x):
         xr, fx = self._graph(x)
-        J = per_sample_jacobian(fx, xr) * self.gamma
+        J = scale_rows(self.gamma, per_sample_jacobian(fx, xr))
         return self.c + self.gamma * fx.detach(), J
 
     def linearize(self, x):
@@ -122,7 +140,8 @@ class StageEquation:
 
 
 class TransposeEquation:
-    """``lam = g + gamma J^T lam`` with ``J = df/dz`` at the root (``fx``'s graph at ``xr``)."""
+    """``lam = g + J^T gamma lam`` with ``J = df/dz`` at the root (``fx``'s graph at ``xr``);
+    ``gamma`` as in :func:`flat_gamma` (a per-sample ``(B, n)`` one multiplies before the VJP)."""
 
     def __init__(self, fx, xr, gamma, g, stats):
         self.fx, self.xr, self.gamma, self.g, self.stats = fx, xr, gamma, g, stats
@@ -130,6 +149,8 @@ class TransposeEquation:
 
     def _jt(self, v):
         self.stats.n_vjp_evals += 1
+        if isinstance(self.gamma, torch.Tensor) and self.gamma.ndim == 2:
+            return _vjp(self.fx, self.xr, self.gamma * v)
         return self.gamma * _vjp(self.fx, self.xr, v)
 
     def G(self, lam):
@@ -139,7 +160,7 @@ class TransposeEquation:
         return self.G(lam), self._jt
 
     def jacobian(self, lam):
-        J = per_sample_jacobian(self.fx, self.xr) * self.gamma
+        J = scale_rows(self.gamma, per_sample_jacobian(self.fx, self.xr))
         self.stats.n_vjp_evals += J.shape[1]
         return self.G(lam), J.transpose(1, 2)
 
@@ -165,7 +186,7 @@ class _Spec:
             fx = self.fmap(xr) if self.fmap is not None else view.flat(self.func(self.t, view.state(xr)))
             stats.n_f_evals_backward += stats.n_f_evals - n0
             stats.n_f_evals = n0
-        eq = TransposeEquation(fx, xr, self.gamma, g, stats)
+        eq = TransposeEquation(fx, xr, flat_gamma(self.gamma, view), g, stats)
         if self.finder.backward_kind == "krylov":
             return view.state(self._gmres_transpose(eq, g))
         # accuracy relative to the size of the incoming gradient, per sample
@@ -175,7 +196,7 @@ class _Spec:
         stats.n_backward_root_iters += res.iterations
         if not res.ok:
             raise RootFinderError(
-                f"the transposed linear solve of an implicit step's gradient (t={float(self.t):.6g}) failed with "
+                f"the transposed linear solve of an implicit step's gradient (t={float(self.t.reshape(-1)[0]):.6g}) failed with "
                 f"root_finder={self.finder.name}: {res.reason} (iterations={res.iterations}, residual={res.residual:.3g}); "
                 + alternatives(self.finder.name)
             )

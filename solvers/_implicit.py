@@ -171,13 +171,21 @@ class _ESDIRKMixin(ImplicitOptions):
                 info = {"stage": i, "root_finder": finder.name, "iterations": res.iterations, "residual": f"{res.residual:.3g}", "reason": res.reason,
                         "hint": alternatives(finder.name)}
                 return StepResult(y0, y0, f0, None, None, ks, h, ts, ok=False, info=info, func=func)
-            ks.append((z - ci) / gamma)
+            ks.append((z - ci) / _nonzero(gamma))
         if self._stiffly_accurate:
             y1, f1 = z, ks[-1]
         else:
             y1, f1 = lincomb(y0, h, self._b, ks), None
         err = lincomb(None, h, self._e, ks) if self._e else None
         return StepResult(y0, y1, f0, f1, err, ks, h, ts, func=func)
+
+
+def _nonzero(gamma):
+    """``gamma`` with zeros replaced by 1: on a per-sample grid a sample held by padding has
+    ``h = 0``, its stage is ``z = c`` exactly and its slope ``(z - c)/1 = 0`` (no 0/0)."""
+    if isinstance(gamma, torch.Tensor) and gamma.ndim > 0:
+        return torch.where(gamma != 0, gamma, torch.ones_like(gamma))
+    return gamma
 
 
 def _solve_cache(func) -> dict:

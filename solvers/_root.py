@@ -156,6 +156,18 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def _rescale(J: torch.Tensor, gamma, gamma_j) -> torch.Tensor:
+    """``J_G`` kept at ``gamma_j`` moved to ``gamma`` (``J_G = diag(gamma) J_f``). Per-sample
+    ``(B, n)`` factors (a per-sample time grid) scale rows; a zero ``gamma_j`` (a sample held
+    by padding when ``J`` was formed) gives that sample ``J_G = 0``: its stage is ``x = c``."""
+    if isinstance(gamma, torch.Tensor) and gamma.ndim == 2 or isinstance(gamma_j, torch.Tensor) and gamma_j.ndim == 2:
+        gj = torch.as_tensor(gamma_j, dtype=J.dtype, device=J.device)
+        g = torch.as_tensor(gamma, dtype=J.dtype, device=J.device)
+        ratio = torch.where(gj != 0, g / torch.where(gj != 0, gj, torch.ones_like(gj)), torch.zeros_like(gj))
+        return ratio.expand(J.shape[:2])[:, :, None] * J
+    return J * (gamma / gamma_j)
+
+
 class Newton(AbstractRootFinder):
     """Simplified Newton with per-sample dense Jacobians (batched LU), for small states.
 
@@ -224,7 +236,7 @@ class Newton(AbstractRootFinder):
     def _factor(self, js: _JacobianState, gamma):
         """LU of ``I - J_G`` (in float32 for half-precision states); records which samples'
         matrices are singular (exactly zero pivot) in ``js.info``."""
-        J = js.J if _same(gamma, js.gamma_j) else js.J * (gamma / js.gamma_j)
+        J = js.J if _same(gamma, js.gamma_j) else _rescale(js.J, gamma, js.gamma_j)
         J = J.to(work_dtype(J.dtype))
         n = J.shape[1]
         lu, piv, info = torch.linalg.lu_factor_ex(torch.eye(n, dtype=J.dtype, device=J.device) - J)

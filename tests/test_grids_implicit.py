@@ -1,0 +1,133 @@
+"""Implicit fixed-step methods on per-sample time grids (``t`` ``[B, T]``): each sample takes
+its own step size ``h_b`` (the root finders get a per-sample ``gamma = h a_ii``).
+
+References: the exact discrete solution of backward Euler on ``y' = lambda_b y``
+(``prod 1/(1 - h lambda_b)`` over the sample's own steps), B separate shared-grid solves
+and ``gradcheck`` in float64 for the implicit-function-theorem gradients. With fixed-point
+and Anderson iterations the batched and separate solves agree to rounding; with Newton
+(and Newton–Krylov) the batch refreshes its Jacobian when any sample converges slowly, so
+the iterates differ within the root tolerance, propagated (margins per case below).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import solvers
+
+F64 = torch.float64
+A = torch.tensor([[-0.1, 1.0], [-1.0, -0.1]], dtype=F64)
+TIGHT = dict(root_rtol=1e-11, root_atol=1e-12)
+
+
+def field(t, y):
+    """Non-autonomous, nonlinear: a wrong per-sample time or step shows."""
+    return torch.tanh(y) @ A.T + torch.sin(t)[:, None] - 0.2 * y if t.ndim else torch.tanh(y) @ A.T + torch.sin(t) - 0.2 * y
+
+
+def grid(B=4, T=6, seed=0, pad_row=1, pad_from=3):
+    g = torch.Generator().manual_seed(seed)
+    t0 = torch.rand(B, 1, generator=g, dtype=F64)
+    t = t0 + torch.sort(torch.rand(B, T, generator=g, dtype=F64) * 2, dim=1).values
+    t[:, 0] = t0[:, 0]
+    if pad_row is not None:
+        t[pad_row, pad_from:] = t[pad_row, pad_from - 1]
+    return t, torch.randn(B, 2, generator=g, dtype=F64)
+
+
+def lengths_of(t):
+    return (1 + (t[:, 1:] != t[:, :-1]).sum(dim=1)).tolist()
+
+
+def test_backward_euler_exact_discrete_solution():
+    """``y' = lambda_b y``: the batched solve is backward Euler with each sample's own steps."""
+    t, _ = grid(B=5, pad_row=2)
+    lam = torch.tensor([-0.5, -3.0, -40.0, 1.2, -0.01], dtype=F64)  # a stiff sample among mild ones
+    y0 = torch.ones(5, 1, dtype=F64)
+    sol = solvers.solve(lambda s, y: lam[:, None] * y, y0, t, method="implicit_euler", options=TIGHT)
+    h = (t[:, 1:] - t[:, :-1]).T  # (T-1, B), zero on padding
+    exact = torch.cat([torch.ones(1, 5, dtype=F64), torch.cumprod(1 / (1 - h * lam), dim=0)])  # (T, B)
+    torch.testing.assert_close(sol.ys[..., 0], exact, rtol=1e-11, atol=0)
+    # padding costs the padded sample nothing
+    assert sol.stats.sample_accepted.tolist() == [n - 1 for n in lengths_of(t)]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("name,opts,tol", [
+    # the fixed-point iterations are the same per sample, batched or not: rounding
+    ("implicit_euler", dict(root_finder="anderson"), 1e-14),  # observed 0
+    ("trapezoid", dict(root_finder="fixed_point", step_size=0.1), 1e-14),  # 9e-16
+    ("implicit_midpoint", dict(root_finder="fixed_point"), 1e-14),  # 2e-16
+    # Newton's iterates depend on when the batch refreshes its Jacobian: the root tolerance
+    # propagated. The separate (shared-grid) solve is the less accurate one here: on the
+    # reversed implicit_midpoint case it stops 8.7e-10 from the root of its first step (a
+    # 50-iteration Newton reference), the batched solve 2e-16.
+    ("implicit_euler", {}, 1e-10),  # observed 2.6e-11
+    ("implicit_midpoint", {}, 3e-9),  # 1.3e-9
+    ("trapezoid", dict(step_size=0.1), 3e-10),  # 7.7e-11
+    ("sdirk2", {}, 5e-10),  # 1.3e-10
+    ("implicit_euler", dict(root_finder="newton_krylov", step_size=0.25), 2e-8),  # 7.2e-9
+])
+def test_equals_separate_solves(name, opts, tol, reverse):
+    t, y0 = grid()
+    t = -t if reverse else t
+    o = dict(opts, **TIGHT)
+    sol = solvers.solve(field, y0, t, method=name, options=o)
+    for b, L in enumerate(lengths_of(t)):
+        one = solvers.solve(field, y0[b : b + 1], t[b, :L], method=name, options=o)
+        torch.testing.assert_close(sol.ys[:L, b], one.ys[:, 0], rtol=0, atol=tol)
+        torch.testing.assert_close(sol.ys[L:, b], one.ys[-1:, 0].expand(t.shape[1] - L, 2), rtol=0, atol=tol)
+
+
+def test_ift_gradients_equal_the_sum_over_samples():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2)).to(F64)
+    f = lambda s, y: net(y) - y + torch.cos(s)[..., None]  # noqa: E731
+    t, y0 = grid(B=3)
+    y0 = y0.requires_grad_(True)
+    sol = solvers.solve(f, y0, t, method="trapezoid", options=TIGHT)
+    loss = (sol.ys ** 2).sum()
+    g_y0, *g_p = torch.autograd.grad(loss, [y0, *net.parameters()])
+    ref_p = [torch.zeros_like(p) for p in net.parameters()]
+    for b, L in enumerate(lengths_of(t)):
+        yb = y0[b : b + 1].detach().requires_grad_(True)
+        one = solvers.solve(f, yb, t[b, :L], method="trapezoid", options=TIGHT)
+        lb = (one.ys ** 2).sum() + (t.shape[1] - L) * (one.ys[-1] ** 2).sum()  # padded outputs repeat the last
+        gb, *gp = torch.autograd.grad(lb, [yb, *net.parameters()])
+        torch.testing.assert_close(g_y0[b], gb[0], rtol=1e-8, atol=1e-10)
+        ref_p = [r + g for r, g in zip(ref_p, gp)]
+    for a, r in zip(g_p, ref_p):
+        torch.testing.assert_close(a, r, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("finder", ["newton", "fixed_point"])
+def test_gradcheck(finder):
+    """IFT gradients with respect to y0 and the field's parameters vs finite differences."""
+    torch.manual_seed(1)
+    W = torch.randn(2, 2, dtype=F64, requires_grad=True)
+    y0 = torch.randn(2, 2, dtype=F64, requires_grad=True)
+    t = torch.tensor([[0.0, 0.15, 0.3], [0.1, 0.2, 0.2]], dtype=F64)  # different steps, one padded
+
+    def run(y0, W):
+        opts = dict(root_finder=finder, root_rtol=1e-13, root_atol=1e-14)
+        return solvers.solve(lambda s, y: torch.tanh(y @ W.T) - y, y0, t, method="implicit_euler", options=opts, params=[W]).ys
+
+    assert torch.autograd.gradcheck(run, (y0, W), atol=1e-6, rtol=1e-5)
+
+
+def test_dense_output_per_sample():
+    t, y0 = grid(B=3)
+    sol = solvers.solve(field, y0, t, method="trapezoid", options=TIGHT, dense=True)
+    tq = t[:, :1] + 0.37 * (t.max(dim=1, keepdim=True).values - t[:, :1])
+    for b, L in enumerate(lengths_of(t)):
+        one = solvers.solve(field, y0[b : b + 1], t[b, :L], method="trapezoid", options=TIGHT, dense=True)
+        torch.testing.assert_close(sol.evaluate(tq)[:, b], one.evaluate(tq[b])[:, 0], rtol=0, atol=1e-9)
+
+
+def test_still_refused_by_name():
+    t, y0 = grid(B=2, pad_row=None)
+    with pytest.raises(ValueError, match=r"'kvaerno5' does not run on a per-sample `t`.*implicit_euler"):
+        solvers.solve(field, y0, t, method="kvaerno5")
+    with pytest.raises(ValueError, match=r"'gl4' does not run on a per-sample `t`"):
+        solvers.solve(field, y0, t, method="gl4")
