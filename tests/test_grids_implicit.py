@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import solvers
+from _grids_common import lengths_of, random_grid
 
 F64 = torch.float64
 A = torch.tensor([[-0.1, 1.0], [-1.0, -0.1]], dtype=F64)
@@ -27,17 +28,8 @@ def field(t, y):
 
 
 def grid(B=4, T=6, seed=0, pad_row=1, pad_from=3):
-    g = torch.Generator().manual_seed(seed)
-    t0 = torch.rand(B, 1, generator=g, dtype=F64)
-    t = t0 + torch.sort(torch.rand(B, T, generator=g, dtype=F64) * 2, dim=1).values
-    t[:, 0] = t0[:, 0]
-    if pad_row is not None:
-        t[pad_row, pad_from:] = t[pad_row, pad_from - 1]
-    return t, torch.randn(B, 2, generator=g, dtype=F64)
+    return random_grid(B, T, seed, pad_row, pad_from, span=2)
 
-
-def lengths_of(t):
-    return (1 + (t[:, 1:] != t[:, :-1]).sum(dim=1)).tolist()
 
 
 def test_backward_euler_exact_discrete_solution():
