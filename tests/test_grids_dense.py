@@ -198,3 +198,17 @@ def test_bad_queries_are_refused_by_name():
         solvers.solve(forced, y0, t, dense=True, gradient="adjoint")
     with pytest.raises(ValueError, match="does not require grad"):
         solvers.solve(forced, y0, t.clone().requires_grad_(True), dense=True)
+
+
+def test_multi_dimensional_float32_state():
+    """A [B, 2, 3] float32 state: y' = -(1 + cos t) y, y = y0 exp(-(t - t0) - (sin t - sin t0))."""
+    t, _ = grid(B=3)
+    y0 = torch.randn(3, 2, 3, generator=torch.Generator().manual_seed(4))
+    sol = solvers.solve(lambda s, y: -(1 + torch.cos(s)).reshape(-1, 1, 1) * y, y0, t, method="tsit5", rtol=1e-6, atol=1e-7, dense=True)
+    tq = queries(t, Q=7)
+    yq = sol.evaluate(tq)
+    assert yq.shape == (9, 3, 2, 3) and yq.dtype == torch.float32
+    g = (tq - t[:, :1]) + (torch.sin(tq) - torch.sin(t[:, :1]))  # (B, Q)
+    exact = y0[None].double() * torch.exp(-g).T[:, :, None, None]
+    err = float((yq.double() - exact).abs().max())
+    assert err < 3e-6, err  # observed 7.8e-7 (rtol 1e-6, float32)
