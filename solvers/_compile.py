@@ -46,8 +46,11 @@ def runs_on_t(method, cfg) -> bool:
 def fixed_on_t(field, y0: torch.Tensor, t: torch.Tensor, method, cfg, stats):
     """Step ``t``'s own intervals (increasing or decreasing): one output per time, no host read."""
     from ._integrate import Outcome, field_time_dtype
+    from ._solution import Status
 
     n = t.shape[0] - 1
+    if n > cfg.max_num_steps:  # a shape: known while tracing
+        return Outcome([y0], Status.MAX_STEPS, None, f"the grid has {n} steps but max_num_steps={cfg.max_num_steps}")
     g = t.to(torch.float64)  # (n+1,)
     hs = g[1:] - g[:-1]  # (n,) signed
     c = torch.tensor(method.stage_c, dtype=torch.float64, device=g.device)

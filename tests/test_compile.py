@@ -107,6 +107,14 @@ def test_ode_block_rk4_forward_and_backward():
     assert block.nfe_forward == 20  # the stats of the traced solve reach the block
 
 
+def test_max_num_steps_holds_while_tracing():
+    """The step count is a shape while tracing, so max_num_steps is still enforced (no host
+    read); raising leaves the graph (dynamo does not trace the exception's constructor)."""
+    fn = lambda y0: solvers.odeint(lambda t, y: -y, y0, torch.linspace(0, 1, 6, dtype=F64), method="euler", options=dict(max_num_steps=4))  # noqa: E731
+    with pytest.raises(solvers.MaxStepsError, match="max_num_steps=4"):
+        torch.compile(fn, backend="eager")(torch.ones(2, dtype=F64))
+
+
 def test_eager_still_checks_what_tracing_skips():
     """The checks skipped while tracing stay in eager (the same call, uncompiled)."""
     y0 = torch.randn(2, 2, dtype=F64)
