@@ -196,7 +196,7 @@ class _Spec:
         stats.n_backward_root_iters += res.iterations
         if not res.ok:
             raise RootFinderError(
-                f"the transposed linear solve of an implicit step's gradient (t={float(self.t.reshape(-1)[0]):.6g}) failed with "
+                f"the transposed linear solve of an implicit step's gradient ({_time_text(self.t)}) failed with "
                 f"root_finder={self.finder.name}: {res.reason} (iterations={res.iterations}, residual={res.residual:.3g}); "
                 + alternatives(self.finder.name)
             )
@@ -226,13 +226,19 @@ class _Spec:
         if bool(bad.any()):
             worst = float((res / bound.clamp_min(torch.finfo(w).tiny)).max())
             raise RootFinderError(
-                f"the transposed linear solve of an implicit step's gradient (t={float(self.t):.6g}) did not reach its "
+                f"the transposed linear solve of an implicit step's gradient ({_time_text(self.t)}) did not reach its "
                 f"tolerance with GMRES in {int(bad.sum())} of {g.shape[0]} sample(s) (residual up to {worst:.3g} x the "
                 f"bound rtol |g|, rtol={self.rtol:g}, {cycles} restart cycles of {restart}); the Newton matrix "
                 "I - h J is ill-conditioned here: use a smaller step, root_finder='newton' for small states, or raise "
                 "NewtonKrylov(restart=..., max_restarts=...)"
             )
         return lam.to(g.dtype)
+
+
+def _time_text(t: torch.Tensor) -> str:
+    """The stage time for a message: one number, or the first of a per-sample ``[B]`` time."""
+    t = t.detach().reshape(-1)
+    return f"t={float(t[0]):.6g}" if t.numel() == 1 else f"t={float(t[0]):.6g} in sample 0 of {t.numel()}"
 
 
 class _TransposeSolve(torch.autograd.Function):

@@ -267,27 +267,23 @@ def _fixed_plain(field, y0, method, cfg: LoopConfig, stats: Stats, gl, hs, step_
         k = None
         if every:
             outs.append(y)
+        # after its first output is checked, a VectorField's user function is called directly,
+        # doing what VectorField.__call__ does then: count, call, check the shape
         func = field.checked_func() if isinstance(field, VectorField) else None
-        if func is None:
+        call, shape, i = (field if func is None else func), y0.shape, 0
+        try:
             for i in range(1, n):
+                k = call(step_ts[i][0], y)
+                if func is not None and (not isinstance(k, torch.Tensor) or k.shape != shape):
+                    field._check(k, y)
                 a = hs[i] * c
-                y = y + field(step_ts[i][0], y) if a == 1.0 else torch.add(y, field(step_ts[i][0], y), alpha=a)
+                y = y + k if a == 1.0 else torch.add(y, k, alpha=a)
+                k = None
                 if every:
                     outs.append(y)
-        else:  # what VectorField.__call__ does once its first output is checked: count, call, check the shape
-            fstats, shape, i = field.stats, y0.shape, 0
-            try:
-                for i in range(1, n):
-                    k = func(step_ts[i][0], y)
-                    if not isinstance(k, torch.Tensor) or k.shape != shape:
-                        field._check(k, y)
-                    a = hs[i] * c
-                    y = y + k if a == 1.0 else torch.add(y, k, alpha=a)
-                    k = None
-                    if every:
-                        outs.append(y)
-            finally:  # the calls made, the one that raised included (as VectorField counts them)
-                fstats.n_f_evals += i
+        finally:  # the calls made, the one that raised included (as VectorField counts them)
+            if func is not None:
+                field.stats.n_f_evals += i
     else:
         f0 = None
         for i in range(n):

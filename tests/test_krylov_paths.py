@@ -117,3 +117,18 @@ def test_gmres_on_a_singular_operator_reports_its_residual():
     assert torch.allclose(x @ A.T, b, atol=1e-12) and bool((res <= 1e-11).all())
     x, res = gmres(lambda v: v, b, rtol=1e-12, return_residual=True)
     assert torch.allclose(x, b) and bool((res <= 1e-12).all())
+
+
+def test_stalled_transposed_solve_on_a_per_sample_grid_raises_root_finder_error():
+    # the stage time is a [B] tensor there; the message must not fail to format it
+    f = Parabolic(scale=12.0)
+    g = torch.Generator().manual_seed(5)
+    y0 = torch.randn(4, 6, generator=g, dtype=D, requires_grad=True)
+    t = torch.sort(torch.rand(4, 3, generator=g, dtype=D), dim=1).values
+    finder = solvers.NewtonKrylov(max_iters=30, restart=20, max_restarts=2)
+    sol = solvers.solve(f, y0, t, method="implicit_euler",
+                        options=dict(step_size=0.1, root_finder=finder, root_rtol=1e-8, root_atol=1e-10))
+    assert sol.success
+    finder.restart, finder.max_restarts, finder.max_iters = 1, 1, 1
+    with pytest.raises(RootFinderError, match=r"\(t=\S+ in sample 0 of 4\) did not reach its tolerance"):
+        sol.ys[-1].sum().backward()
