@@ -53,24 +53,10 @@ torch.nn.modules.module.register_module_module_registration_hook(_tree_changed)
 
 
 def _parametrized(module: nn.Module) -> List[tuple]:
-    """``(submodule, tensor name)`` of every parametrised tensor inside ``module``.
-
-    The same list as walking ``module.modules()`` with ``parametrize.is_parametrized``, in
-    the same order, read straight from the ``_modules`` dicts: it runs at every forward,
-    and the generic walk costs more than a small field's evaluation.
-    """
-    out, seen, stack = [], set(), [module]
-    while stack:
-        m = stack.pop()
-        if id(m) in seen:
-            continue
-        seen.add(id(m))
-        subs = m._modules
-        p = subs.get("parametrizations")
-        if isinstance(p, nn.ModuleDict):
-            out.extend((m, name) for name in p.keys())
-        stack.extend(c for c in reversed(subs.values()) if c is not None)
-    return out
+    """``(submodule, tensor name)`` of every parametrised tensor inside ``module`` (the
+    forward re-walks only after the module tree changed: see ``_TREE_VERSION``)."""
+    return [(m, name) for m in module.modules() if parametrize.is_parametrized(m)
+            for name in m.parametrizations.keys()]
 
 
 def _implicit_gamma(cls) -> Optional[float]:
