@@ -136,9 +136,17 @@ class ODEBlock(nn.Module):
         self._params: List[tuple] = []  # _parametrized(field), walked at _TREE_VERSION _params_at
         self._params_at = -1
         self._single: tuple = (None, None, False)  # (_cfg, field, _single_solve_check(...))
+        self._replay: Optional[tuple] = None  # (_cfg, solvers._replay.PlainReplay) of the latest plain solve
         if t1 is None:
             t1 = field.t1 if isinstance(field, LayerwiseField) else 1.0
         self.configure(method=method, t1=t1, steps=steps, rtol=rtol, atol=atol, gradient=gradient, options=options)
+
+    def __getstate__(self):
+        # the fast path's record holds the solve's function (maybe a closure, which cannot be
+        # pickled) and is rebuilt by the next forward: copies and pickles go without it
+        state = dict(super().__getstate__())
+        state["_replay"] = None
+        return state
 
     # ------------------------------------------------------------------ configuration
 
@@ -441,8 +449,17 @@ class ODEBlock(nn.Module):
             self._stats = stats
             return self._check_finite(x0, x)
         func = field.as_function() if isinstance(field, LayerwiseField) else field
+        rep = self.__dict__.get("_replay")
+        if rep is not None and rep[0] is self._cfg and rep[1].matches(func, x) and not torch.compiler.is_compiling():
+            # the same plain solve as last time (same settings, function, shape, dtype and
+            # device): re-run its loop without rebuilding the problem (solvers._replay)
+            y, stats = rep[1].run(x)
+            self.__dict__["_stats"] = [stats]
+            return self._check_finite(x0, y)
         sol = self._solve(func, field, x, 0.0, self._cfg["t1"], cls)
         self.__dict__["_stats"] = [sol.stats]  # (a plain attribute: skips nn.Module.__setattr__)
+        replay = getattr(sol, "_replay", None)
+        self.__dict__["_replay"] = None if replay is None else (self._cfg, replay)
         return self._check_finite(x0, sol.ys[-1])
 
     def extra_repr(self) -> str:

@@ -17,6 +17,7 @@ from ._grids import check_t_batched
 from ._implicit import AbstractESDIRK
 from ._problem import VectorField, adaptive_tols, nonfinite_y0, check_t, check_tol, check_y0, split_state, unflatten_outputs
 from ._registry import get_method
+from ._replay import PlainReplay
 from ._solution import Solution, Stats, Status, exception_for
 
 __all__ = ["solve", "odeint", "Problem", "GRADIENT_MODES", "register_gradient_mode"]
@@ -305,6 +306,11 @@ def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, optio
     outcome = GRADIENT_MODES[gradient](prob)
     sol = finish(prob, outcome, t if isinstance(t, torch.Tensor) else (-prob.t if prob.reverse else prob.t),
                  raise_on_failure)
+    if outcome.plain is not None and gradient == "direct" and hooks is None and not torch.is_inference_mode_enabled():
+        # the plain loop's grid, for re-running this solve on a new y0 (odenet.ODEBlock's fast
+        # path; solvers._replay). Not made in inference mode: its stage times would be
+        # inference tensors, which a later solve under autograd could not save.
+        sol._replay = PlainReplay(*outcome.plain, prob.y0)
     return sol if hooks is None else hooks.finish(sol)
 
 

@@ -68,6 +68,9 @@ class Outcome:
     detail: str = ""
     #: per-sample grids: the first sample that failed
     sample: Optional[int] = None
+    #: the plain fixed-step loop's ``(func, step_ts, hs, c, n)``, from which ``solve`` makes a
+    #: :class:`solvers._replay.PlainReplay` (None for every other loop)
+    plain: Optional[tuple] = None
 
 
 def show_t(cfg: "LoopConfig", x: float) -> float:
@@ -300,6 +303,8 @@ def _fixed_plain(field, y0, method, cfg: LoopConfig, stats: Stats, gl, hs, step_
         outs.append(y)
     stats.n_steps += n
     stats.n_accepted += n
+    if c is not None and func is not None and not every and n <= _EAGER_STEPS:
+        return Outcome(outs, plain=(func, step_ts, hs, c, n))
     return Outcome(outs)
 
 

@@ -201,6 +201,16 @@ def unflatten_outputs(ys: torch.Tensor, shapes) -> tuple:
     return split_state(ys, shapes)
 
 
+def check_field_output(out, y) -> None:
+    """Raise if a vector field's output ``out`` is not a tensor of the state ``y``'s shape and dtype."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"the vector field must return a tensor shaped like the state, got {type(out).__name__}")
+    if out.shape != y.shape:
+        raise ValueError(f"the vector field returned shape {tuple(out.shape)} for a state of shape {tuple(y.shape)}; it must return dy/dt with the state's shape")
+    if out.dtype != y.dtype:
+        raise TypeError(f"the vector field returned dtype {out.dtype} for a state of dtype {y.dtype}; return the state's dtype (e.g. out.to(y.dtype))")
+
+
 class VectorField:
     """The user's ``func`` as the loop sees it: counted, validated on first call, with
     tuple states flattened and decreasing time turned into increasing time.
@@ -254,12 +264,7 @@ class VectorField:
         return None
 
     def _check(self, out, y) -> None:
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"the vector field must return a tensor shaped like the state, got {type(out).__name__}")
-        if out.shape != y.shape:
-            raise ValueError(f"the vector field returned shape {tuple(out.shape)} for a state of shape {tuple(y.shape)}; it must return dy/dt with the state's shape")
-        if out.dtype != y.dtype:
-            raise TypeError(f"the vector field returned dtype {out.dtype} for a state of dtype {y.dtype}; return the state's dtype (e.g. out.to(y.dtype))")
+        check_field_output(out, y)
         self._unchecked = False
 
     def _check_tuple(self, out, y) -> None:

@@ -1,0 +1,56 @@
+"""Re-running a plain fixed-step solve without rebuilding its problem.
+
+A solve that took the plain fixed-step loop (:func:`solvers._integrate._fixed_plain`: a
+one-stage method such as Euler, ``gradient="direct"``, a plain tensor state, no events, no
+dense output, no per-step callbacks) did nothing per step but ``y = y + a_i f(t_i, y)``.
+Everything else it did - checking ``y0``, ``t``, the tolerances and options, building the
+grid and the stage times, validating the field's first output - depends only on the
+problem's description, not on ``y0``'s values. :class:`PlainReplay` keeps the grid of one
+such solve and repeats its loop on a new ``y0`` of the same shape, dtype and device: the same
+operations in the same order, so the same bits (tests/test_replay.py pins it against
+``solvers.solve``). :class:`odenet.ODEBlock` uses it to bring a ResNet block's per-forward
+cost down to the hand-written loop's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._problem import check_field_output
+from ._solution import Stats
+
+
+class PlainReplay:
+    """The plain loop of one finished solve, re-runnable on a new initial state.
+
+    Made by ``solvers.solve`` (``Solution._replay``); holds the solve's function, its stage
+    times (tensors, as the field saw them) and the step weights ``a_i = h_i c``.
+    """
+
+    __slots__ = ("func", "times", "alphas", "shape", "dtype", "device")
+
+    def __init__(self, func, step_ts, hs, c: float, n: int, y0: torch.Tensor):
+        self.func = func
+        self.times = tuple(step_ts[i][0] for i in range(n))
+        self.alphas = tuple(hs[i] * c for i in range(n))
+        self.shape, self.dtype, self.device = y0.shape, y0.dtype, y0.device
+
+    def matches(self, func, y0: torch.Tensor) -> bool:
+        """Whether :meth:`run` on ``(func, y0)`` repeats the recorded solve."""
+        return (func is self.func and y0.shape == self.shape and y0.dtype == self.dtype
+                and y0.device == self.device)
+
+    def run(self, y0: torch.Tensor):
+        """``(y(t1), stats)`` from ``y0``, as the recorded solve computes it.
+
+        The field's output is checked for shape at every call, as the loop does (its dtype
+        was checked on the recorded solve's first call).
+        """
+        func, shape, y, n = self.func, self.shape, y0, len(self.times)
+        for t, a in zip(self.times, self.alphas):
+            k = func(t, y)
+            if not isinstance(k, torch.Tensor) or k.shape != shape:
+                check_field_output(k, y)
+            y = y + k if a == 1.0 else torch.add(y, k, alpha=a)
+            k = None
+        return y, Stats(n_f_evals=n, n_steps=n, n_accepted=n)

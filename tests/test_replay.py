@@ -1,0 +1,181 @@
+"""ODEBlock's replay of a plain fixed-step solve (solvers._replay): the same bits as
+``solvers.solve``, the same gradients, and the general path whenever anything changed."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import odenet
+import solvers
+
+
+class _TimeField(nn.Module):
+    """A time-conditioned MLP field that records the times it is called with."""
+
+    def __init__(self, d=5):
+        super().__init__()
+        self.lin = nn.Linear(d + 1, d)
+        self.seen = []
+        self.bad_shape = False
+
+    def forward(self, t, x):
+        self.seen.append(float(t))
+        tt = t.to(x.dtype).expand(x.shape[0], 1)
+        out = torch.tanh(self.lin(torch.cat([x, tt], dim=1)))
+        return out[:, :-1] if self.bad_shape else out
+
+
+def _block(steps=4, t1=1.0, method="euler"):
+    torch.manual_seed(0)
+    return odenet.ODEBlock(_TimeField(), method=method, steps=steps, t1=t1)
+
+
+def _count_solves(monkeypatch):
+    calls = []
+    real = solvers.solve
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(solvers, "solve", counting)
+    return calls
+
+
+@pytest.mark.parametrize("steps,t1", [(4, 1.0), (3, 0.7), (1, 2.0)])
+def test_replay_matches_solve_bitwise(monkeypatch, steps, t1):
+    block = _block(steps, t1)
+    calls = _count_solves(monkeypatch)
+    x1, x2 = torch.randn(6, 5), torch.randn(6, 5)
+    block(x1)
+    assert len(calls) == 1 and block._replay is not None
+    block.field.seen.clear()
+    y = block(x2)
+    assert len(calls) == 1, "the second forward must re-run the recorded loop, not solve again"
+    seen = list(block.field.seen)
+    block.field.seen.clear()
+    ref = solvers.solve(block.field, x2, torch.tensor([0.0, t1], dtype=torch.float64), method="euler",
+                        options={"step_size": t1 / steps}).ys[-1]
+    assert torch.equal(y, ref)
+    assert seen == block.field.seen  # the same times, in the same order
+    assert block.nfe_forward == steps and block.last_stats.n_steps == steps and block.last_stats.n_accepted == steps
+
+
+def test_replay_gradients_equal_general_path():
+    block = _block()
+    x = torch.randn(6, 5, requires_grad=True)
+    block(torch.randn(6, 5))  # records the plan
+    y = block(x)
+    g = torch.autograd.grad(y.square().sum(), [x, *block.parameters()])
+    fresh = copy.deepcopy(block)  # copies drop the record: its forward takes the general path
+    assert fresh._replay is None
+    x2 = x.detach().clone().requires_grad_(True)
+    y2 = fresh(x2)
+    g2 = torch.autograd.grad(y2.square().sum(), [x2, *fresh.parameters()])
+    assert torch.equal(y, y2)
+    for a, b in zip(g, g2):
+        assert torch.equal(a, b)
+
+
+def test_replay_float64_gradcheck():
+    block = _block().double()
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    block(x.detach())
+    assert torch.autograd.gradcheck(block, (x,))
+
+
+def test_layerwise_resnet_replay_is_the_hand_written_loop(monkeypatch):
+    torch.manual_seed(1)
+    blocks = [nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8)) for _ in range(3)]
+    block = odenet.ODEBlock(odenet.LayerwiseField(blocks, t1=3), method="euler", steps=3)
+    calls = _count_solves(monkeypatch)
+    x = torch.randn(4, 8)
+    block(torch.randn(4, 8))
+    y = block(x)
+    assert len(calls) == 1
+    h = x
+    for b in blocks:
+        h = h + b(h)
+    assert torch.equal(y, h)
+
+
+@pytest.mark.parametrize("change", ["shape", "dtype", "configure", "field"])
+def test_anything_changed_takes_the_general_path(monkeypatch, change):
+    block = _block()
+    calls = _count_solves(monkeypatch)
+    x = torch.randn(6, 5)
+    block(x)
+    if change == "shape":
+        x = torch.randn(7, 5)
+    elif change == "dtype":
+        block.double()
+        x = x.double()
+    elif change == "configure":
+        block.configure(steps=8)
+    else:
+        block.field = _TimeField()
+    n = len(calls)  # (configure() validates its options with a probe solve)
+    y = block(x)
+    assert len(calls) == n + 1
+    assert block.nfe_forward == (8 if change == "configure" else 4)
+    block(x)  # and the new solve is replayed in turn
+    assert len(calls) == n + 1
+    assert torch.equal(block(x), y)
+
+
+def test_not_replayed_for_other_methods_or_modes(monkeypatch):
+    calls = _count_solves(monkeypatch)
+    for method, gradient in [("rk4", "direct"), ("euler", "checkpoint"), ("dopri5", "direct")]:
+        torch.manual_seed(0)
+        block = odenet.ODEBlock(_TimeField(), method=method, gradient=gradient,
+                                steps=None if method == "dopri5" else 4)
+        before = len(calls)
+        x = torch.randn(6, 5)
+        block(x)
+        block(x)
+        assert len(calls) - before == 2, (method, gradient)
+        assert block._replay is None
+
+
+def test_inference_mode_records_nothing_then_autograd_works():
+    block = _block()
+    x = torch.randn(6, 5)
+    with torch.inference_mode():
+        block(x)
+    assert block._replay is None  # its stage times would be inference tensors
+    xr = x.clone().requires_grad_(True)
+    block(xr)
+    y = block(xr)  # replayed
+    y.sum().backward()
+    assert xr.grad is not None and torch.isfinite(xr.grad).all()
+    with torch.inference_mode():  # a recorded plan may run in inference mode
+        assert torch.equal(block(x), y.detach())
+
+
+def test_replay_checks_the_fields_output_shape():
+    block = _block()
+    block(torch.randn(6, 5))
+    block.field.bad_shape = True
+    with pytest.raises(ValueError, match="returned shape"):
+        block(torch.randn(6, 5))
+
+
+def test_replay_still_refuses_a_non_finite_state():
+    block = _block()
+    block(torch.randn(6, 5))
+    with torch.no_grad():
+        block.field.lin.bias.fill_(float("nan"))
+    with pytest.raises(solvers.NonFiniteStateError):
+        block(torch.randn(6, 5))
+
+
+def test_pickled_block_has_no_record_and_runs():
+    block = _block()
+    x = torch.randn(6, 5)
+    y = block(x)
+    clone = pickle.loads(pickle.dumps(block))
+    assert clone._replay is None
+    assert torch.equal(clone(x), y)
