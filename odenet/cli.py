@@ -49,6 +49,16 @@ def _nonneg_float(text: str) -> float:
     return value
 
 
+def _label_smoothing(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) (0: off), got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -92,8 +102,9 @@ def _epsilon_list(text: str) -> list[float]:
 
 def _common(p: argparse.ArgumentParser, compare: bool = False) -> None:
     """The options ``train`` and ``compare`` share; ``compare`` has its own defaults (its help says them)."""
-    d = dict(batch=32, lr="1e-2", width=16, expansion=0.0, sn="on", head="flatten", sched="onecycle") if compare \
-        else dict(batch=64, lr="3e-3", width=32, expansion=2.0, sn="off", head="pool", sched="constant")
+    d = dict(batch=32, lr="1e-2", width=16, expansion=0.0, sn="on", head="flatten", sched="onecycle",
+                  ls=0.0) if compare \
+        else dict(batch=64, lr="3e-3", width=32, expansion=2.0, sn="off", head="pool", sched="constant", ls=0.0)
     p.add_argument("--data", default="digits", choices=_DATASETS,
                    help="dataset (default: digits, scikit-learn's bundled 8x8 images)")
     p.add_argument("--epochs", type=_positive_int, help="number of epochs")
@@ -121,6 +132,8 @@ def _common(p: argparse.ArgumentParser, compare: bool = False) -> None:
                    help=f"image classifier head: pool (global average pool + linear) or flatten (default {d['head']})")
     p.add_argument("--lr-schedule", choices=("constant", "cosine", "onecycle"), default=None,
                    help=f"learning-rate schedule over all batches, --lr its peak (default {d['sched']})")
+    p.add_argument("--label-smoothing", type=_label_smoothing, default=None,
+                   help=f"label smoothing of the training loss, in [0, 1) (default {d['ls']})")
     p.add_argument("--kinetic", type=_nonneg_float, default=None,
                    help="weight of the kinetic-energy penalty int |f|^2 dt (default 0: off)")
     p.add_argument("--jacobian-reg", type=_nonneg_float, default=None,
@@ -371,7 +384,8 @@ def _is_main_process() -> bool:
 
 def _training_options(args: argparse.Namespace) -> dict:
     """The head / schedule / regularisation flags that were given (the config's defaults otherwise)."""
-    names = {"head": "head", "lr_schedule": "lr_schedule", "kinetic": "kinetic", "jacobian_reg": "jacobian_reg"}
+    names = {"head": "head", "lr_schedule": "lr_schedule", "kinetic": "kinetic", "jacobian_reg": "jacobian_reg",
+             "label_smoothing": "label_smoothing"}
     return {k: getattr(args, a) for k, a in names.items() if getattr(args, a, None) is not None}
 
 

@@ -78,3 +78,46 @@ def test_a_databundle_becomes_a_classification_task():
         assert "DataBundle" in str(exc) and "AbstractTask" in str(exc)
     else:
         raise AssertionError("as_task accepted a list")
+
+
+def _tiny_bundle():
+    return odenet.load_dataset("circles", seed=0, limit_train=64, limit_test=32)
+
+
+def test_label_smoothing_loss_is_the_smoothed_cross_entropy():
+    data = _tiny_bundle()
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    xb, yb = data.x_train[:16], data.y_train[:16]
+    for eps in (0.0, 0.1, 0.3):
+        loss, n, correct = ClassificationTask(data, label_smoothing=eps).loss(model, (xb, yb))
+        logp = torch.log_softmax(model(xb), dim=1)
+        # (1 - eps) * NLL of the label + eps * mean over classes of -log p (closed form)
+        want = ((1 - eps) * -logp.gather(1, yb[:, None]).squeeze(1) + eps * -logp.mean(1)).mean()
+        torch.testing.assert_close(loss, want, rtol=1e-6, atol=0)
+        assert n == 16
+
+
+def test_label_smoothing_is_validated_and_kept_in_the_run_config():
+    data = _tiny_bundle()
+    for bad in (-0.1, 1.0, 2, True, "0.1"):
+        try:
+            ClassificationTask(data, label_smoothing=bad)
+        except ValueError as exc:
+            assert "label_smoothing" in str(exc)
+        else:
+            raise AssertionError(f"label_smoothing={bad!r} was accepted")
+    assert "label_smoothing" not in ClassificationTask(data).run_config()  # old checkpoints still resume
+    assert ClassificationTask(data, label_smoothing=0.1).run_config()["label_smoothing"] == 0.1
+
+
+def test_resume_with_other_label_smoothing_is_refused(tmp_path):
+    odenet.train(model="resnet", data="circles", epochs=1, limit_train=64, limit_test=32, width=8,
+                 label_smoothing=0.1, out=str(tmp_path), quiet=True)
+    try:
+        odenet.train(model="resnet", data="circles", epochs=2, limit_train=64, limit_test=32, width=8,
+                     label_smoothing=0.2, out=str(tmp_path), resume=True, quiet=True)
+    except Exception as exc:  # the run-config mismatch names the setting
+        assert "label_smoothing" in str(exc)
+    else:
+        raise AssertionError("a resume with another label_smoothing was accepted")

@@ -35,7 +35,7 @@ from ..robustness._attacks import accuracy_vs_epsilon
 from ..training._views import SOLVER_KEYS, VIEWS, build_view_model, field_arch, solver_config_for
 from ..training._loop import CHECKPOINT_NAME, LR_SCHEDULES, TrainingError, fit
 from ..training._robust import DynamicsRegularizer, SolverSampler
-from ..training._tasks import evaluate
+from ..training._tasks import ClassificationTask, check_label_smoothing, evaluate
 from ..training._runtime import resolve_device, set_seed
 
 __all__ = ["CompareConfig", "compare", "format_table", "peak_step_memory"]
@@ -93,6 +93,9 @@ class CompareConfig:
     lr_schedule : {"constant", "cosine", "onecycle"}
         Learning-rate schedule over all batches, ``lr`` its peak (default ``"onecycle"``;
         see :func:`odenet.fit`).
+    label_smoothing : float
+        Label smoothing of every view's training loss, in ``[0, 1)`` (default 0.0; see
+        :class:`odenet.training.ClassificationTask`).
     kinetic, jacobian_reg : float
         Weights of the kinetic-energy and Jacobian-Frobenius penalties on every view's
         field (:class:`odenet.DynamicsRegularizer`; default 0: off).
@@ -128,6 +131,7 @@ class CompareConfig:
     resume: bool = False
     head: str = "flatten"
     lr_schedule: str = "onecycle"
+    label_smoothing: float = 0.0
     kinetic: float = 0.0
     jacobian_reg: float = 0.0
     plain: bool = True
@@ -159,6 +163,7 @@ class CompareConfig:
         field_arch(self.field, self.expansion)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        check_label_smoothing(self.label_smoothing)
         if not self.plain:
             SolverSampler(self.robust_family, p=self.robust_p)  # validates both
 
@@ -299,6 +304,7 @@ def compare(config: CompareConfig | None = None, **kwargs: Any) -> dict:
                         limit_test=config.limit_test)
     say(f"odenet compare: {data.summary()}; models {', '.join(config.models)}; "
         f"{config.epochs} epoch(s); device {device}")
+    task = ClassificationTask(data, label_smoothing=config.label_smoothing)
     set_seed(config.seed)
     arch_kw = dict(spectral_norm=bool(config.spectral_norm), head=config.head,
                    **field_arch(config.field, config.expansion))
@@ -322,7 +328,7 @@ def compare(config: CompareConfig | None = None, **kwargs: Any) -> dict:
         reg = (DynamicsRegularizer(model, kinetic=config.kinetic, jacobian=config.jacobian_reg)
                if (config.kinetic or config.jacobian_reg) else None)
         try:
-            fit_res = fit(model, data, epochs=config.epochs, batch_size=config.batch_size,
+            fit_res = fit(model, task, epochs=config.epochs, batch_size=config.batch_size,
                           lr=config.lr, seed=config.seed, device=str(device), out=out / view,
                           resume=resume, overwrite=not resume, quiet=config.quiet, label=view,
                           lr_schedule=config.lr_schedule, solver_sampler=sampler, regularizer=reg)

@@ -41,6 +41,8 @@ from ._views import SOLVER_KEYS
 
 _RESUME_KEYS = ("model", "data", "seed", "batch_size", "lr", "weight_decay", "limit_train",
                 "limit_test", "lr_schedule")
+#: Run settings a run config holds only when they differ from these defaults.
+_RESUME_DEFAULTS = {"label_smoothing": 0.0}
 
 #: Learning-rate schedules of :func:`fit` (see :func:`scheduled_lr`).
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
@@ -388,8 +390,11 @@ def _restore(path: Path, module: nn.Module, optimizer, run_cfg: Mapping,
                        source=f"checkpoint {path}")
     saved_run = ckpt.get("run_config") or {}
     keys = [k for k in _RESUME_KEYS if k in saved_run and k in run_cfg]
-    check_config_match({k: saved_run.get(k) for k in keys}, {k: run_cfg.get(k) for k in keys},
-                       what="this run", source=f"checkpoint {path}")
+    saved = {k: saved_run.get(k) for k in keys}
+    now = {k: run_cfg.get(k) for k in keys}
+    for k, default in _RESUME_DEFAULTS.items():  # settings stored only when not at their default
+        saved[k], now[k] = saved_run.get(k, default), run_cfg.get(k, default)
+    check_config_match(saved, now, what="this run", source=f"checkpoint {path}")
     try:
         module.load_state_dict(ckpt["model_state"])
     except RuntimeError as exc:

@@ -15,6 +15,7 @@ from .._io import CheckpointError, load_checkpoint
 from ._runtime import set_seed
 from ._views import VIEWS, _model_api, build_view_model, field_arch
 from ._loop import TrainResult, fit
+from ._tasks import ClassificationTask
 from ._robust import DynamicsRegularizer, SolverSampler
 
 @dataclass
@@ -29,6 +30,8 @@ class TrainConfig:
     ``head`` the image classifier's head (``"pool"`` or ``"flatten"``). ``lr_schedule``:
     ``"constant"``, ``"cosine"`` or ``"onecycle"`` (see :func:`odenet.fit`). ``kinetic`` and
     ``jacobian_reg`` weight the :class:`odenet.DynamicsRegularizer` penalties (0: off).
+    ``label_smoothing`` (in ``[0, 1)``, 0: off) smooths the training targets
+    (:class:`odenet.training.ClassificationTask`).
     ``layers`` > 1 makes the field a :class:`odenet.LayerwiseField` of that many blocks (an
     untied ResNet under Euler with ``steps`` a multiple of it), ``interpolation`` and
     ``layer_init`` its time interpolation and initialisation, and ``smoothness`` weights its
@@ -67,6 +70,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     kinetic: float = 0.0
     jacobian_reg: float = 0.0
+    label_smoothing: float = 0.0
     robust: str | None = None
     robust_p: float = 0.5
     layers: int = 1
@@ -99,6 +103,7 @@ def train(config: TrainConfig | None = None, **kwargs: Any) -> TrainResult:
         raise ValueError(f"unknown model {config.model!r}; choose one of {', '.join(VIEWS)}")
     data = load_dataset(config.data, seed=config.seed, limit_train=config.limit_train,
                         limit_test=config.limit_test)
+    task = ClassificationTask(data, label_smoothing=config.label_smoothing)  # (validates it first)
     set_seed(config.seed)
     arch = {"augment": config.augment} if config.augment else {}
     arch["spectral_norm"] = bool(config.spectral_norm)
@@ -112,13 +117,15 @@ def train(config: TrainConfig | None = None, **kwargs: Any) -> TrainResult:
                    batch_size=config.batch_size, lr=float(config.lr),
                    weight_decay=float(config.weight_decay), limit_train=config.limit_train,
                    limit_test=config.limit_test, lr_schedule=config.lr_schedule)
+    if config.label_smoothing:  # (absent when 0, as in the task's own run config)
+        run_cfg["label_smoothing"] = task.label_smoothing
     sampler = (SolverSampler(config.robust, p=config.robust_p, seed=config.seed)
                if config.robust is not None else None)
     reg = (DynamicsRegularizer(model, kinetic=config.kinetic, jacobian=config.jacobian_reg,
                                smoothness=config.smoothness)
            if (config.kinetic or config.jacobian_reg or config.smoothness) else None)
     try:
-        return fit(model, data, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+        return fit(model, task, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                    weight_decay=config.weight_decay, seed=config.seed, device=config.device,
                    out=config.out, resume=config.resume, overwrite=config.overwrite,
                    quiet=config.quiet, run_config=run_cfg, label=None,
