@@ -102,8 +102,8 @@ def _epsilon_list(text: str) -> list[float]:
 
 def _common(p: argparse.ArgumentParser, compare: bool = False) -> None:
     """The options ``train`` and ``compare`` share; ``compare`` has its own defaults (its help says them)."""
-    d = dict(batch=32, lr="1e-2", width=16, expansion=0.0, sn="on", head="flatten", sched="onecycle",
-                  ls=0.0) if compare \
+    d = dict(batch=32, lr="2e-2", width=16, expansion=0.0, sn="on", head="flatten", sched="onecycle",
+                  ls=0.1) if compare \
         else dict(batch=64, lr="3e-3", width=32, expansion=2.0, sn="off", head="pool", sched="constant", ls=0.0)
     p.add_argument("--data", default="digits", choices=_DATASETS,
                    help="dataset (default: digits, scikit-learn's bundled 8x8 images)")

@@ -54,7 +54,7 @@ class CompareConfig:
     solvers : sequence of str, optional
         Views every trained model is also evaluated under (default: all three).
     epochs, batch_size, lr, seed, width : optional
-        Training settings shared by all models (defaults 8, 32, 1e-2 with the one-cycle
+        Training settings shared by all models (defaults 8, 32, 2e-2 with the one-cycle
         schedule, 0, 16: chosen by measurement, docs/three-views.md).
     limit_train, limit_test : int, optional
         Use only this many training/test samples (for quick runs).
@@ -94,8 +94,9 @@ class CompareConfig:
         Learning-rate schedule over all batches, ``lr`` its peak (default ``"onecycle"``;
         see :func:`odenet.fit`).
     label_smoothing : float
-        Label smoothing of every view's training loss, in ``[0, 1)`` (default 0.0; see
-        :class:`odenet.training.ClassificationTask`).
+        Label smoothing of every view's training loss, in ``[0, 1)`` (default 0.1: with the
+        peak learning rate 2e-2 it lifts every view from 96.1-96.7 % to >= 97.5 % on digits
+        at no cost per epoch; see docs/three-views.md and :class:`odenet.training.ClassificationTask`).
     kinetic, jacobian_reg : float
         Weights of the kinetic-energy and Jacobian-Frobenius penalties on every view's
         field (:class:`odenet.DynamicsRegularizer`; default 0: off).
@@ -115,7 +116,7 @@ class CompareConfig:
     solvers: Sequence[str] | None = None
     epochs: int = 8
     batch_size: int = 32
-    lr: float = 1e-2
+    lr: float = 2e-2
     seed: int = 0
     width: int = 16
     field: str = "parabolic"
@@ -131,7 +132,7 @@ class CompareConfig:
     resume: bool = False
     head: str = "flatten"
     lr_schedule: str = "onecycle"
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     kinetic: float = 0.0
     jacobian_reg: float = 0.0
     plain: bool = True
