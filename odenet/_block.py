@@ -450,7 +450,7 @@ class ODEBlock(nn.Module):
             return self._check_finite(x0, x)
         func = field.as_function() if isinstance(field, LayerwiseField) else field
         rep = self.__dict__.get("_replay")
-        if rep is not None and rep[0] is self._cfg and rep[1].matches(func, x) and not torch.compiler.is_compiling():
+        if rep is not None and not torch.compiler.is_compiling() and rep[0] is self._cfg and rep[1].matches(func, x):
             # the same plain solve as last time (same settings, function, shape, dtype and
             # device): re-run its loop without rebuilding the problem (solvers._replay)
             y, stats = rep[1].run(x)

@@ -306,7 +306,8 @@ def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, optio
     outcome = GRADIENT_MODES[gradient](prob)
     sol = finish(prob, outcome, t if isinstance(t, torch.Tensor) else (-prob.t if prob.reverse else prob.t),
                  raise_on_failure)
-    if outcome.plain is not None and gradient == "direct" and hooks is None and not torch.is_inference_mode_enabled():
+    if (outcome.plain is not None and gradient == "direct" and hooks is None and not compiling()
+            and not torch.is_inference_mode_enabled()):
         # the plain loop's grid, for re-running this solve on a new y0 (odenet.ODEBlock's fast
         # path; solvers._replay). Not made in inference mode: its stage times would be
         # inference tensors, which a later solve under autograd could not save.
