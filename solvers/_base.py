@@ -148,5 +148,4 @@ def lincomb(y: Optional[torch.Tensor], h: Time, terms: List[tuple], ks: Sequence
     acc = ks[j] * c
     for j, c in terms[1:]:
         acc = torch.add(acc, ks[j], alpha=c)
-    acc = acc * h
-    return acc if y is None else y + acc
+    return acc * h if y is None else torch.addcmul(y, acc, h)  # y + acc * h in one kernel

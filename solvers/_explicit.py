@@ -69,12 +69,22 @@ class _RKMixin:
         return out.reshape(th.shape[0], *step.y0.shape)
 
 
+#: ``b_dense`` as tensors, per (tableau, device, dtype): shared by every instance of a method
+#: (a solve makes a new instance, and building the tensor from numpy costs more than a step)
+_DENSE: dict = {}
+
+
 def _cached_dense(method, device, dtype):
-    key = (device, dtype)
-    cache = method.__dict__.setdefault("_dense_cache", {})
-    if key not in cache:
-        cache[key] = torch.as_tensor(method.tableau.b_dense, dtype=dtype, device=device)
-    return cache[key]
+    from ._compile import compiling
+
+    key = (method.tableau, device, dtype)
+    bd = _DENSE.get(key)
+    if bd is None:
+        if compiling():  # traced: a constant of the graph, not a cache entry
+            return torch.as_tensor(method.tableau.b_dense, dtype=dtype, device=device)
+        with torch.inference_mode(False):  # a normal tensor even if first built under inference mode
+            bd = _DENSE[key] = torch.as_tensor(method.tableau.b_dense, dtype=dtype, device=device)
+    return bd
 
 
 def _extra_stages(method, step: StepResult, ks):

@@ -460,7 +460,9 @@ def _root_detail(res: StepResult, i: int, t0: float) -> str:
 
 
 def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) -> Outcome:
-    tl = t.detach().to(torch.float64).tolist()
+    tl = host_times(cfg, t)  # the API's floats when it has them: no read of t
+    if tl is None:
+        tl = t.detach().to(torch.float64).tolist()
     t0, tend = tl[0], tl[-1]
     dev, tdt, ftd = y0.device, t.dtype, field_time_dtype(field, t)
     track = t.requires_grad
@@ -468,6 +470,7 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
     rtol, atol = cfg.rtol, cfg.atol
     cs = method.stage_c
     c_t = torch.tensor(cs, dtype=torch.float64, device=dev) if track else None
+    direct_t = ftd in (torch.float32, torch.float64)  # stage times made in ftd at once (one rounding either way)
 
     def make_t(x: float) -> torch.Tensor:
         return torch.tensor(x, dtype=tdt, device=dev)
@@ -512,14 +515,17 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
             times = [nudge(t1, tn, ftd) if cj == 1.0 else x for cj, x in zip(cs, times)]
         if after_jump:
             times = [nudge(tn, t1, ftd) if cj == 0.0 else x for cj, x in zip(cs, times)]
-        ts_t = torch.tensor(times, dtype=torch.float64, device=dev)
         if track:
+            ts_t = torch.tensor(times, dtype=torch.float64, device=dev)
             T1 = T_end if (land and stop == tend) else T_n + hstep
             hh = T1 - T_n
             ts_t = ts_t + ((T_n - T_n.detach()) + (hh - hh.detach()) * c_t)
+            ts = ts_t.to(ftd).unbind(0)
         else:
             hh = hstep
-        ts = ts_t.to(ftd).unbind(0)
+            # float32/float64: made in the field's dtype at once (the same single rounding
+            # of each float as the cast from float64); half precision goes through float64
+            ts = (torch.tensor(times, dtype=ftd, device=dev) if direct_t else torch.tensor(times, dtype=torch.float64, device=dev).to(ftd)).unbind(0)
         if f0 is None:
             f0 = field(ts[0], y)
         res = method.step(field, ts, y, hh, f0)
