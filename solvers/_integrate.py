@@ -562,10 +562,9 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
                 j += 1
             if j > k0:
                 if track:
-                    thetas = (t[k0:j].to(torch.float64) - T_n) / hh
+                    outs.extend(method.interpolate(res, (t[k0:j].to(torch.float64) - T_n) / hh, get_f1).unbind(0))
                 else:
-                    thetas = torch.tensor([(x - tn) / hstep for x in tl[k0:j]], dtype=torch.float64, device=dev)
-                outs.extend(method.interpolate(res, thetas, get_f1).unbind(0))
+                    outs.extend(method.interpolate_at(res, [(x - tn) / hstep for x in tl[k0:j]], get_f1).unbind(0))
             if j < len(tl) and tl[j] == t1:
                 outs.append(res.y1)
                 j += 1
