@@ -40,6 +40,8 @@ _FUNC = {
     ("_base.py", "lincomb"): "stage combinations",
     ("_explicit.py", "step"): "stage combinations",
     ("_explicit.py", "interpolate"): "dense output (outputs inside a step)",
+    ("_explicit.py", "interpolate_at"): "dense output (outputs inside a step)",
+    ("_base.py", "interpolate_at"): "dense output (outputs inside a step)",
     ("_explicit.py", "_cached_dense"): "dense output (outputs inside a step)",
     ("_base.py", "error_ratio"): "error norm",
     ("_integrate.py", "rms_norm"): "error norm",
