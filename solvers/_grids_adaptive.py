@@ -105,11 +105,15 @@ def _initial_step(field, t0, tdt, y0, f0, span, order, rtol, atol, norm, stats, 
         return torch.minimum(torch.minimum(100 * h0, h1), span)
 
 
-def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, method, cfg, stats, on_step: Optional[Callable] = None):
+def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, method, cfg, stats, on_step: Optional[Callable] = None, h_init: Optional[torch.Tensor] = None):
     """Adaptive solve on a per-sample grid; see the module docstring.
 
     ``on_step(res, accepted, hstep)``, when given, is called after every batched step
-    (the continuous adjoint accumulates its parameter integral there).
+    (the continuous adjoint accumulates its parameter integral there). ``h_init`` ``[B]``:
+    the first step sizes (estimated only for running samples whose ``h_init`` is 0); the
+    returned outcome's ``h_next`` holds each sample's next step size (before any clip to
+    land on its end), so a caller that solves interval after interval (the adjoint's
+    backward pass) can carry them on.
     """
     from ._integrate import Outcome
 
@@ -143,7 +147,11 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
 
     f0 = field(t[:, 0], y0)
     stats.sample_f_evals += live0
-    if cfg.first_step is not None:
+    if h_init is not None:
+        h = h_init.to(dtype=torch.float64, device=dev)
+        if bool(((h <= 0) & live0).any()):  # a running sample with no step to carry (its span so far was empty)
+            h = torch.where(h > 0, h, _initial_step(field, t0.detach(), tdt, y0, f0, span, order, rtol, atol, norm, stats, live0))
+    elif cfg.first_step is not None:
         h = torch.full((B,), float(cfg.first_step), dtype=torch.float64, device=dev)
     else:
         h = _initial_step(field, t0.detach(), tdt, y0, f0, span, order, rtol, atol, norm, stats, live0)
@@ -253,7 +261,7 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
     out = out.index_put((rows * B + bidx,), torch.cat(entries_v))
     ys = out[: T * B].reshape(T, *y0.shape)  # (T, B, ...)
     if failed_at is None:
-        return Outcome(ys)
+        return Outcome(ys, h_next=h)
     status = _CODES[int(code)]
     bad = torch.nonzero(failed_at == code)[:, 0].tolist()
     b = bad[0]

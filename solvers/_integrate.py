@@ -68,6 +68,8 @@ class Outcome:
     detail: str = ""
     #: per-sample grids: the first sample that failed
     sample: Optional[int] = None
+    #: per-sample adaptive grids: each sample's next step size ``[B]`` (see ``adaptive_batched``)
+    h_next: Optional[torch.Tensor] = None
 
 
 def show_t(cfg: "LoopConfig", x: float) -> float:
