@@ -316,6 +316,8 @@ def _backward(bw: _Backward, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: tor
                         "Try other `adjoint_rtol`/`adjoint_atol`, `adjoint_options` or `adjoint_method`."
                     )
                     raise exception_for(out.status)(msg, t=t_fail)
+                if bprob.method.adaptive and out.h_next is not None and bw.options.get("first_step") is None:
+                    bprob.cfg.first_step = out.h_next  # the next interval starts at the step size this one ended with
                 zend = out.ys[-1]
                 parts = split_state(zend, bprob.shapes)
                 # the rebuilt state against the stored one: raises AdjointRebuildError beyond the bound

@@ -68,8 +68,9 @@ class Outcome:
     detail: str = ""
     #: per-sample grids: the first sample that failed
     sample: Optional[int] = None
-    #: per-sample adaptive grids: each sample's next step size ``[B]`` (see ``adaptive_batched``)
-    h_next: Optional[torch.Tensor] = None
+    #: adaptive loops: the next step size (a float; ``[B]`` on per-sample grids, see
+    #: ``adaptive_batched``), for a caller that solves interval after interval
+    h_next: Optional[object] = None
 
 
 def show_t(cfg: "LoopConfig", x: float) -> float:
@@ -596,4 +597,4 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
             st = Status.NON_FINITE if last_nonfinite else Status.STEP_SIZE_UNDERFLOW
             return Outcome(outs, st, tn, f"the step size fell to {h_new:.3g} at t={show_t(cfg, tn):.6g}")
         h = h_new
-    return Outcome(outs)
+    return Outcome(outs, h_next=h)
