@@ -91,8 +91,9 @@ class _RKMixin:
         return out.reshape(len(thetas), *y0.shape)
 
 
-#: ``b_dense`` as tensors, per (tableau, device, dtype): shared by every instance of a method
-#: (a solve makes a new instance, and building the tensor from numpy costs more than a step)
+#: ``b_dense`` as tensors, keyed (tableau, device, dtype), and as Python rows, keyed by the
+#: tableau: shared by every instance of a method (a solve makes a new instance, and building
+#: the tensor from numpy cost more than a step)
 _DENSE: dict = {}
 
 
