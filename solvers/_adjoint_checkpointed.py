@@ -31,9 +31,9 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._api import Problem, make_problem, register_gradient_mode
-from ._adjoint import _Augmented, _Backward, _aug_tol, _make_norm, _record, _state_func, backward_errors, resolve_params
+from ._adjoint import _Augmented, _Backward, _aug_tol, _record, _state_func, backward_errors, backward_norm, resolve_params
 from ._adjoint_rebuild import rebuild_error
-from ._integrate import Outcome, rms_norm
+from ._integrate import Outcome
 from ._problem import split_state
 from ._solution import exception_for
 
@@ -140,9 +140,7 @@ def _backward(bw: _Backward, ys, t_int, grad_ys, saved, need_t: bool):
                                  atol=_aug_tol(bw.atol, prob, params), options=opts)
             bprob.field.time_dtype = prob.field.time_dtype
             aug.differentiable = bool(getattr(bprob.method, "implicit", False))
-            parts_norm = _make_norm(norm_spec, prob.cfg.norm or rms_norm, prob.shapes)
-            shapes_b = bprob.shapes
-            bprob.cfg.norm = lambda x: parts_norm(split_state(x, shapes_b))
+            bprob.cfg.norm = backward_norm(norm_spec, prob, bprob.shapes)
             if not bprob.method.adaptive:  # one step per forward step: the nodes are the grid
                 bprob.cfg.step_size, bprob.cfg.grid_constructor = None, None
             for k in range(len(nodes) - 1):

@@ -140,6 +140,7 @@ def backward_batched(bw, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.T
     g_t = torch.zeros(t_int.shape, dtype=t_int.dtype, device=t_int.device) if need_t else None
     tau = t_int.detach()
     extra_f = 0
+    h_carry = None  # adaptive: each interval starts from the step sizes the last one ended with
     with torch.no_grad():
         for i in range(n - 1, 0, -1):
             if need_t:
@@ -153,9 +154,12 @@ def backward_batched(bw, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.T
             cfg.reverse = not prob.reverse  # the loop runs in -tau: messages show the user's t
             cfg.norm = _seminorm
             lengths = 1 + (s[:, 1] > s[:, 0]).long()
-            run = adaptive_batched if method.adaptive else fixed_batched
             with backward_errors(f"integrating from t={float(t_user[0, i]):.6g} to t={float(t_user[0, i - 1]):.6g} (sample 0's times)"):
-                out = run(field, z0, s, lengths, method, cfg, bstats, on_step=hook)
+                if method.adaptive:
+                    out = adaptive_batched(field, z0, s, lengths, method, cfg, bstats, on_step=hook, h_init=h_carry if cfg.first_step is None else None)
+                    h_carry = out.h_next
+                else:
+                    out = fixed_batched(field, z0, s, lengths, method, cfg, bstats, on_step=hook)
             ys_b = out.ys if isinstance(out.ys, torch.Tensor) else torch.stack(out.ys)
             if not out.status.ok:
                 _record(prob.stats, bstats, extra_f)

@@ -19,6 +19,9 @@ Rules for implementers of a method (subclass of :class:`AbstractSolver`):
 6. ``interpolate(step, thetas, get_f1)`` returns the dense output at ``t0 + theta*h`` for a
    1-D float64 tensor of ``thetas`` in ``[0, 1]``, stacked on dim 0. It may call
    ``get_f1()`` (cached, reused by the next step, so it costs no extra evaluation).
+   ``interpolate_at(step, thetas, get_f1)`` is the same with ``thetas`` a list of Python
+   floats (the loop's untracked outputs); by default it builds the tensor and calls
+   ``interpolate``, and a method may compute its weights on the host instead.
 7. Methods hold no per-solve state besides their options; one instance may serve many
    solves. Options are constructor keyword arguments listed in ``option_names``.
 8. Steps never synchronise with the host (no ``.item()``, no ``bool(tensor)``); the loop
@@ -91,6 +94,11 @@ class AbstractSolver(abc.ABC):
         """Cubic Hermite dense output from ``y0, f0, y1, f1`` (third order)."""
         return hermite(step, thetas, get_f1())
 
+    def interpolate_at(self, step: StepResult, thetas: Sequence[float], get_f1: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """:meth:`interpolate` at ``thetas`` given as Python floats (the loop's untracked
+        outputs); a method may use them on the host (no tensor to build, none to read)."""
+        return self.interpolate(step, torch.tensor(thetas, dtype=torch.float64, device=step.y0.device), get_f1)
+
     def __repr__(self):
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"{type(self).__name__}({opts})"
@@ -148,5 +156,4 @@ def lincomb(y: Optional[torch.Tensor], h: Time, terms: List[tuple], ks: Sequence
     acc = ks[j] * c
     for j, c in terms[1:]:
         acc = torch.add(acc, ks[j], alpha=c)
-    acc = acc * h
-    return acc if y is None else y + acc
+    return acc * h if y is None else torch.addcmul(y, acc, h)  # y + acc * h in one kernel

@@ -103,15 +103,15 @@ class PIController(AbstractController):
     def propose_batch(self, h: torch.Tensor, ratio: torch.Tensor, accepted: torch.Tensor, state: dict) -> torch.Tensor:
         r = ratio.to(torch.float64)
         finite = torch.isfinite(r)
-        safe = torch.where(finite & (r > 0), r, torch.ones_like(r))
+        safe = torch.where(finite & (r > 0), r, 1.0)  # (Python scalars: no filled tensor per step)
         factor = self.safety * safe ** (-(self.icoeff + self.pcoeff) / self._k)
         if self.pcoeff:
             factor = factor * state["prev"] ** (self.pcoeff / self._k)
         factor = factor.clamp(min=self.dfactor, max=self.ifactor)
-        factor = torch.where(r == 0, torch.full_like(r, self.ifactor), factor)
+        factor = torch.where(r == 0, self.ifactor, factor)
         capped = ~accepted | state["rejected"]  # no growth on or right after a rejection
         factor = torch.where(capped, factor.clamp(max=1.0), factor)
-        factor = torch.where(finite, factor, torch.full_like(r, self.dfactor))
+        factor = torch.where(finite, factor, self.dfactor)
         state["prev"] = torch.where(accepted & finite, r.clamp(min=1e-10), state["prev"])
         state["rejected"] = torch.where(finite, ~accepted, state["rejected"])
         return h * factor

@@ -68,13 +68,54 @@ class _RKMixin:
         out = step.y0.reshape(1, -1) + (w @ kmat) * step.h
         return out.reshape(th.shape[0], *step.y0.shape)
 
+    def interpolate_at(self, step: StepResult, thetas, get_f1: Callable) -> torch.Tensor:
+        """The interpolant's weights ``theta^q b_dense`` computed on the host in float64 (one
+        rounding to the state's dtype), then ``y0 + h * w @ k`` in one ``addmm``: three
+        kernels instead of the ten of :meth:`interpolate` (a float ``h``, a real state)."""
+        tab = self.tableau
+        y0 = step.y0
+        if tab.b_dense is None or tab.a_extra is not None or not isinstance(step.h, float) or y0.dtype not in (torch.float32, torch.float64):
+            return super().interpolate_at(step, thetas, get_f1)
+        rows = _dense_rows(tab)
+        w = []  # (m, s): Horner in theta for each stage's polynomial theta * (c1 + theta * (c2 + ...))
+        for th in thetas:
+            wr = []
+            for cs in rows:
+                acc = 0.0
+                for c in cs:
+                    acc = acc * th + c
+                wr.append(acc * th)
+            w.append(wr)
+        kmat = torch.stack(step.ks).reshape(len(step.ks), -1)  # (s, N)
+        out = torch.addmm(y0.reshape(1, -1), torch.tensor(w, dtype=y0.dtype, device=y0.device), kmat, alpha=step.h)
+        return out.reshape(len(thetas), *y0.shape)
+
+
+#: ``b_dense`` as tensors, keyed (tableau, device, dtype), and as Python rows, keyed by the
+#: tableau: shared by every instance of a method (a solve makes a new instance, and building
+#: the tensor from numpy cost more than a step)
+_DENSE: dict = {}
+
+
+def _dense_rows(tab) -> tuple:
+    """``b_dense`` as Python floats, each row from the highest power down (for Horner)."""
+    rows = _DENSE.get(tab)
+    if rows is None:
+        rows = _DENSE[tab] = tuple(tuple(float(c) for c in r[::-1]) for r in tab.b_dense)
+    return rows
+
 
 def _cached_dense(method, device, dtype):
-    key = (device, dtype)
-    cache = method.__dict__.setdefault("_dense_cache", {})
-    if key not in cache:
-        cache[key] = torch.as_tensor(method.tableau.b_dense, dtype=dtype, device=device)
-    return cache[key]
+    from ._compile import compiling
+
+    key = (method.tableau, device, dtype)
+    bd = _DENSE.get(key)
+    if bd is None:
+        if compiling():  # traced: a constant of the graph, not a cache entry
+            return torch.as_tensor(method.tableau.b_dense, dtype=dtype, device=device)
+        with torch.inference_mode(False):  # a normal tensor even if first built under inference mode
+            bd = _DENSE[key] = torch.as_tensor(method.tableau.b_dense, dtype=dtype, device=device)
+    return bd
 
 
 def _extra_stages(method, step: StepResult, ks):

@@ -44,7 +44,6 @@ def interpolate_batched(method, res, theta: torch.Tensor, hstep: torch.Tensor, f
     B = y0.shape[0]
     rdt = y0.real.dtype
     th = theta.to(rdt)  # (B, K)
-    hb = hstep.to(rdt)[None, :, None]  # (1, B, 1)
     tab = getattr(method, "tableau", None)
     if tab is not None and tab.b_dense is not None:
         ks = list(res.ks)
@@ -52,11 +51,11 @@ def interpolate_batched(method, res, theta: torch.Tensor, hstep: torch.Tensor, f
             ks = extra(ks)
         bd = _dense_matrix(method, rdt, y0.device)  # (s, p)
         powers = torch.arange(1, bd.shape[1] + 1, device=y0.device, dtype=rdt)
-        w = (th[..., None] ** powers) @ bd.T  # (B, K, s)
-        kmat = torch.stack(ks).reshape(len(ks), B, -1)  # (s, B, N)
+        w = ((th[..., None] ** powers) @ bd.T) * hstep.to(rdt)[:, None, None]  # (B, K, s), the step size folded in
+        kmat = torch.stack(ks, dim=1).reshape(B, len(ks), -1)  # (B, s, N)
         if kmat.is_complex():
             w = w.to(kmat.dtype)
-        out = y0.reshape(1, B, -1) + torch.einsum("bks,sbn->kbn", w, kmat) * hb
+        out = torch.baddbmm(y0.reshape(B, 1, -1), w, kmat).transpose(0, 1)  # y0 + h * w @ k: (K, B, N)
     else:
         th2 = th * th
         th3 = th2 * th
@@ -70,11 +69,9 @@ def interpolate_batched(method, res, theta: torch.Tensor, hstep: torch.Tensor, f
 
 
 def _dense_matrix(method, dtype, device) -> torch.Tensor:
-    cache = method.__dict__.setdefault("_batched_dense", {})
-    key = (dtype, device)
-    if key not in cache:
-        cache[key] = torch.as_tensor(method.tableau.b_dense, dtype=dtype, device=device)
-    return cache[key]
+    from ._explicit import _cached_dense
+
+    return _cached_dense(method, device, dtype)
 
 
 def _initial_step(field, t0, tdt, y0, f0, span, order, rtol, atol, norm, stats, live):
@@ -93,26 +90,30 @@ def _initial_step(field, t0, tdt, y0, f0, span, order, rtol, atol, norm, stats, 
         if bad[1]:
             raise NonFiniteStateError("the vector field is non-finite at the initial time of some sample (finite y0)")
         small = (d0 < 1e-5) | (d1 < 1e-5)
-        h0 = torch.where(small, torch.full_like(d0, 1e-6), 0.01 * d0 / torch.where(small, torch.ones_like(d1), d1))
+        h0 = torch.where(small, 1e-6, 0.01 * d0 / torch.where(small, 1.0, d1))
         h0 = torch.minimum(h0, span)
         y1 = y0 + expand_b(h0.to(y0.real.dtype), y0) * f0
         f1 = field((t0 + h0).to(tdt), y1)
         stats.n_initial_step_evals += 1
         stats.sample_f_evals += live
         pos = h0 > 0
-        d2 = norm((f1 - f0) / scale).to(torch.float64) / torch.where(pos, h0, torch.ones_like(h0))
-        d2 = torch.where(pos, d2, torch.zeros_like(d2))
+        d2 = norm((f1 - f0) / scale).to(torch.float64) / torch.where(pos, h0, 1.0)
+        d2 = torch.where(pos, d2, 0.0)
         dm = torch.maximum(d1, d2)
         tiny = dm <= 1e-15
-        h1 = torch.where(tiny, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / torch.where(tiny, torch.ones_like(dm), dm)) ** (1.0 / (order + 1)))
+        h1 = torch.where(tiny, torch.clamp(h0 * 1e-3, min=1e-6), (0.01 / torch.where(tiny, 1.0, dm)) ** (1.0 / (order + 1)))
         return torch.minimum(torch.minimum(100 * h0, h1), span)
 
 
-def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, method, cfg, stats, on_step: Optional[Callable] = None):
+def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, method, cfg, stats, on_step: Optional[Callable] = None, h_init: Optional[torch.Tensor] = None):
     """Adaptive solve on a per-sample grid; see the module docstring.
 
     ``on_step(res, accepted, hstep)``, when given, is called after every batched step
-    (the continuous adjoint accumulates its parameter integral there).
+    (the continuous adjoint accumulates its parameter integral there). ``h_init`` ``[B]``:
+    the first step sizes (estimated only for running samples whose ``h_init`` is 0); the
+    returned outcome's ``h_next`` holds each sample's next step size (before any clip to
+    land on its end), so a caller that solves interval after interval (the adjoint's
+    backward pass) can carry them on.
     """
     from ._integrate import Outcome
 
@@ -126,7 +127,7 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
     order = min(method.order, method.error_order)
     ctrl.reset(order)
     cstate = ctrl.init_batch(B, dev)
-    cs = method.stage_c
+    c_col = torch.tensor(method.stage_c, dtype=torch.float64, device=dev)[:, None]  # (s, 1)
     t64 = t.to(torch.float64)  # (B, T), carries the graph when t requires grad
     t64d = t64.detach().contiguous()
     t0 = t64[:, 0]
@@ -146,7 +147,11 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
 
     f0 = field(t[:, 0], y0)
     stats.sample_f_evals += live0
-    if cfg.first_step is not None:
+    if h_init is not None:
+        h = h_init.to(dtype=torch.float64, device=dev)
+        if bool(((h <= 0) & live0).any()):  # a running sample with no step to carry (its span so far was empty)
+            h = torch.where(h > 0, h, _initial_step(field, t0.detach(), tdt, y0, f0, span, order, rtol, atol, norm, stats, live0))
+    elif cfg.first_step is not None:
         h = torch.full((B,), float(cfg.first_step), dtype=torch.float64, device=dev)
     else:
         h = _initial_step(field, t0.detach(), tdt, y0, f0, span, order, rtol, atol, norm, stats, live0)
@@ -162,7 +167,7 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
         t1 = torch.where(done, tn, t1)
         hstep = t1 - tn  # (B,), zero for finished samples
         hstep_d = hstep.detach()
-        ts = [(tn + c * hstep).to(tdt) for c in cs]
+        ts = (tn + c_col * hstep).to(tdt).unbind(0)  # (s, B): every stage time in one broadcast, as tn + c * hstep
         e0 = stats.n_f_evals
         res = method.step(field, ts, y, expand_b(hstep.to(rdt), y), f0)
         running = ~done
@@ -173,7 +178,7 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
                 scale = atol + rtol * torch.maximum(torch.abs(yd), torch.abs(y1d))
                 ratio = method.error_ratio(res, scale, norm) if _has_batch_ratio(method) else norm(res.error.detach() / scale)
                 ratio = ratio.to(torch.float64)
-                ratio = torch.where(torch.isfinite(ratio), ratio, torch.full_like(ratio, math.inf))
+                ratio = torch.nan_to_num(ratio, nan=math.inf, posinf=math.inf, neginf=math.inf)  # non-finite -> inf
             else:
                 ratio = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
             accepted = running & (ratio <= 1.0)
@@ -200,25 +205,31 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
         with torch.no_grad():
             t1_d = t1.detach()
             reach = torch.searchsorted(t64d, t1_d[:, None].contiguous(), right=True)[:, 0]  # outputs <= t1
-            cnt = torch.where(accepted, (reach - j_next).clamp(min=0), torch.zeros_like(reach))
+            cnt = torch.where(accepted, (reach - j_next).clamp(min=0), 0)
             new_done = done | (accepted & land)
             h_new = ctrl.propose_batch(hstep_d, ratio, accepted, cstate)
-            low = h_new < cfg.min_step
-            stuck = rejected & low & (hstep_d <= cfg.min_step)
-            h_new = torch.where(low, torch.full_like(h_new, cfg.min_step), h_new)
+            stuck = None
+            if cfg.min_step > 0:  # (a proposal is never negative: with min_step 0 nothing is low)
+                low = h_new < cfg.min_step
+                stuck = rejected & low & (hstep_d <= cfg.min_step)
+                h_new = torch.where(low, cfg.min_step, h_new)
             tnn = torch.where(accepted, t1_d, tn_d)
-            under = (rejected & ((tnn + h_new == tnn) | (h_new >= hstep_d))) | stuck | (running & ~new_done & (hstep_d <= 0))
-            nonfin = under & ~torch.isfinite(ratio)
-            over = ~new_done & (n_steps >= cfg.max_num_steps)
-            codes = torch.where(over, 3, torch.where(nonfin, 2, torch.where(under, 1, 0)))
-            n_run, k_max, code = torch.stack([(~new_done).sum(), cnt.max(), codes.max()]).tolist()  # the one sync
+            live = ~new_done
+            under = (rejected & ((tnn + h_new == tnn) | (h_new >= hstep_d))) | (running & live & (hstep_d <= 0))
+            if stuck is not None:
+                under = under | stuck
+            nonfin = under & (ratio == math.inf)  # (non-finite ratios are inf by now)
+            codes = torch.where(nonfin, 2, under.to(torch.long))
+            if stats.n_steps >= cfg.max_num_steps:  # no sample has taken more steps than the batch
+                codes = torch.where(live & (n_steps >= cfg.max_num_steps), 3, codes)
+            n_run, k_max, code = torch.stack([live.sum(), cnt.max(), codes.max()]).tolist()  # the one sync
         if k_max > 0:
             kk = torch.arange(k_max, device=dev)
             jj = j_next[:, None] + kk  # (B, K)
             valid = kk[None, :] < cnt[:, None]
             jc = jj.clamp(max=T - 1)
             tq = t64.gather(1, jc)  # (B, K)
-            safe_h = torch.where(hstep_d > 0, hstep, torch.ones_like(hstep))
+            safe_h = torch.where(hstep_d > 0, hstep, 1.0)
             theta = ((tq - tn[:, None]) / safe_h[:, None]).clamp(0.0, 1.0)
 
             inner = (valid & (tq.detach() < t1_d[:, None])).any(dim=1)  # samples that interpolate
@@ -229,7 +240,7 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
             yq = interpolate_batched(method, res, theta, hstep, f1, extra)  # (K, B, ...)
             hit = (tq.detach() == t1_d[:, None]).T  # (K, B)
             yq = torch.where(hit.reshape(*hit.shape, *([1] * (y0.ndim - 1))), res.y1.unsqueeze(0), yq)
-            entries_j.append(torch.where(valid, jj, torch.full_like(jj, T)).T.reshape(-1))
+            entries_j.append(torch.where(valid, jj, T).T.reshape(-1))
             entries_v.append(yq.reshape(k_max * B, *y0.shape[1:]))
             j_next = j_next + cnt
         tn = torch.where(accepted, t1, tn)
@@ -250,7 +261,7 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
     out = out.index_put((rows * B + bidx,), torch.cat(entries_v))
     ys = out[: T * B].reshape(T, *y0.shape)  # (T, B, ...)
     if failed_at is None:
-        return Outcome(ys)
+        return Outcome(ys, h_next=h)
     status = _CODES[int(code)]
     bad = torch.nonzero(failed_at == code)[:, 0].tolist()
     b = bad[0]

@@ -71,6 +71,9 @@ class Outcome:
     #: the plain fixed-step loop's ``(func, step_ts, hs, c, n)``, from which ``solve`` makes a
     #: :class:`solvers._replay.PlainReplay` (None for every other loop)
     plain: Optional[tuple] = None
+    #: adaptive loops: the next step size (a float; ``[B]`` on per-sample grids, see
+    #: ``adaptive_batched``), for a caller that solves interval after interval
+    h_next: Optional[object] = None
 
 
 def show_t(cfg: "LoopConfig", x: float) -> float:
@@ -465,7 +468,9 @@ def _root_detail(res: StepResult, i: int, t0: float) -> str:
 
 
 def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stats) -> Outcome:
-    tl = t.detach().to(torch.float64).tolist()
+    tl = host_times(cfg, t)  # the API's floats when it has them: no read of t
+    if tl is None:
+        tl = t.detach().to(torch.float64).tolist()
     t0, tend = tl[0], tl[-1]
     dev, tdt, ftd = y0.device, t.dtype, field_time_dtype(field, t)
     track = t.requires_grad
@@ -473,6 +478,7 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
     rtol, atol = cfg.rtol, cfg.atol
     cs = method.stage_c
     c_t = torch.tensor(cs, dtype=torch.float64, device=dev) if track else None
+    direct_t = ftd in (torch.float32, torch.float64)  # stage times made in ftd at once (one rounding either way)
 
     def make_t(x: float) -> torch.Tensor:
         return torch.tensor(x, dtype=tdt, device=dev)
@@ -517,14 +523,17 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
             times = [nudge(t1, tn, ftd) if cj == 1.0 else x for cj, x in zip(cs, times)]
         if after_jump:
             times = [nudge(tn, t1, ftd) if cj == 0.0 else x for cj, x in zip(cs, times)]
-        ts_t = torch.tensor(times, dtype=torch.float64, device=dev)
         if track:
+            ts_t = torch.tensor(times, dtype=torch.float64, device=dev)
             T1 = T_end if (land and stop == tend) else T_n + hstep
             hh = T1 - T_n
             ts_t = ts_t + ((T_n - T_n.detach()) + (hh - hh.detach()) * c_t)
+            ts = ts_t.to(ftd).unbind(0)
         else:
             hh = hstep
-        ts = ts_t.to(ftd).unbind(0)
+            # float32/float64: made in the field's dtype at once (the same single rounding
+            # of each float as the cast from float64); half precision goes through float64
+            ts = (torch.tensor(times, dtype=ftd, device=dev) if direct_t else torch.tensor(times, dtype=torch.float64, device=dev).to(ftd)).unbind(0)
         if f0 is None:
             f0 = field(ts[0], y)
         res = method.step(field, ts, y, hh, f0)
@@ -561,10 +570,9 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
                 j += 1
             if j > k0:
                 if track:
-                    thetas = (t[k0:j].to(torch.float64) - T_n) / hh
+                    outs.extend(method.interpolate(res, (t[k0:j].to(torch.float64) - T_n) / hh, get_f1).unbind(0))
                 else:
-                    thetas = torch.tensor([(x - tn) / hstep for x in tl[k0:j]], dtype=torch.float64, device=dev)
-                outs.extend(method.interpolate(res, thetas, get_f1).unbind(0))
+                    outs.extend(method.interpolate_at(res, [(x - tn) / hstep for x in tl[k0:j]], get_f1).unbind(0))
             if j < len(tl) and tl[j] == t1:
                 outs.append(res.y1)
                 j += 1
@@ -594,4 +602,4 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
             st = Status.NON_FINITE if last_nonfinite else Status.STEP_SIZE_UNDERFLOW
             return Outcome(outs, st, tn, f"the step size fell to {h_new:.3g} at t={show_t(cfg, tn):.6g}")
         h = h_new
-    return Outcome(outs)
+    return Outcome(outs, h_next=h)

@@ -131,9 +131,13 @@ def adaptive_tols(rtol, atol, y0: torch.Tensor):
     floored at ``sqrt(tiny)`` of the norm's dtype, so a zero component gives a zero
     scaled error instead of ``0/0``. Half-precision states are controlled in float32.
     """
-    zero_r = (rtol == 0) if isinstance(rtol, torch.Tensor) else torch.tensor(rtol == 0)
-    zero_a = (atol == 0) if isinstance(atol, torch.Tensor) else torch.tensor(atol == 0)
-    if bool((zero_r & zero_a).any()):
+    if isinstance(rtol, torch.Tensor) or isinstance(atol, torch.Tensor):
+        zero_r = (rtol == 0) if isinstance(rtol, torch.Tensor) else torch.tensor(rtol == 0)
+        zero_a = (atol == 0) if isinstance(atol, torch.Tensor) else torch.tensor(atol == 0)
+        both_zero = bool((zero_r & zero_a).any())
+    else:  # floats: no tensor, no read back
+        both_zero = rtol == 0 and atol == 0
+    if both_zero:
         raise ValueError(
             "`rtol` and `atol` are both 0 (for some component): an adaptive method then accepts no error and "
             "cannot take a step; give `atol` > 0 (e.g. atol=1e-9) or `rtol` > 0 (e.g. rtol=1e-7), or use a fixed-step method"
