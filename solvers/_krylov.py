@@ -77,14 +77,19 @@ class NewtonKrylov(AbstractRootFinder):
             raise ValueError(f"`max_backtracks` must be an int >= 0, got {max_backtracks!r}")
         self.max_backtracks = max_backtracks
 
-    def _line_search(self, eq, x, dx, rnorm):
-        """Per-sample backtracking: the largest ``alpha = 2^-j`` with sufficient decrease."""
+    def _line_search(self, eq, x, dx, rnorm, active=None):
+        """Per-sample backtracking: the largest ``alpha = 2^-j`` with sufficient decrease.
+
+        ``active``: ``(B,)`` bool, the samples still iterating (the others have ``dx = 0`` and
+        cannot decrease their residual: they must not keep the search halving)."""
         alpha = torch.ones(x.shape[0], dtype=rnorm.dtype, device=x.device)
         for _ in range(self.max_backtracks):
             trial = x + alpha[:, None] * dx
             g_trial = eq.G(trial)
             tnorm = torch.linalg.vector_norm((g_trial - trial).to(rnorm.dtype), dim=1)
             bad = ~(tnorm <= (1 - 1e-4 * alpha) * rnorm)  # NaN counts as bad
+            if active is not None:
+                bad = bad & active
             if not bool(bad.any()):  # one host sync per trial
                 # the step taken is this trial's (samples not iterating have dx = 0 and
                 # keep x): G at the new iterate is known already
@@ -132,7 +137,7 @@ class NewtonKrylov(AbstractRootFinder):
             if not more:
                 x = x_full
                 break
-            step, g_known = (self._line_search(eq, x, dx, torch.linalg.vector_norm(rw, dim=1))
+            step, g_known = (self._line_search(eq, x, dx, torch.linalg.vector_norm(rw, dim=1), mon.active)
                              if self.max_backtracks else (dx, None))
             x = x + step
         return mon.result(x, k, self.max_iters)
@@ -144,43 +149,42 @@ class NewtonKrylov(AbstractRootFinder):
     def _solve_quasi(self, eq, x, tol, stats, pinv, w):
         """``linear_solver="preconditioner"``: the quasi-Newton iteration ``x += P^-1 (G(x) - x)``.
 
-        One evaluation of ``G`` and one application of ``P^-1`` per iteration, no JVPs. The
-        step says nothing about the true Newton matrix (a poor ``P`` may shrink it without
-        the iterate being close), so a sample converges only when both tests pass: the
-        update-based estimate of the remaining error (as for Newton) and the residual
-        ``|G(x) - x|`` at the new iterate, which is evaluated anyway (the line search's trial,
-        the next iteration's ``G``), at most one tolerance. Where ``P`` is a poor
-        approximation (the field's slopes far from their mean) the iteration contracts
-        slowly: when some sample's rate exceeds :attr:`QUASI_MAX_RATE`, or after
-        :attr:`QUASI_MAX_ITERS` iterations, it stops and the caller continues from the
-        current iterate with preconditioned GMRES Newton steps.
+        One evaluation of ``G`` (the line search's trial, reused) and one application of
+        ``P^-1`` per iteration, no JVPs. The update ``P^-1 r`` estimates the error only as
+        well as ``P`` approximates the Newton matrix, and the iteration converges linearly,
+        so a sample converges only when three tests pass at its current iterate: the
+        update-based estimate of the remaining error (as for Newton), the update itself at
+        most one tolerance, and the residual ``|G(x) - x|`` at most one tolerance (a ``P``
+        that loses part of the space, or is zero, cannot fake convergence); its last update
+        is then taken. Where ``P`` is a poor approximation (the field's slopes far from their
+        mean) the iteration contracts slowly: when some sample's rate exceeds
+        :attr:`QUASI_MAX_RATE`, or after :attr:`QUASI_MAX_ITERS` iterations, it stops and the
+        caller continues from the current iterate with preconditioned GMRES Newton steps.
 
         Returns ``(result, iterations, x)``: ``result`` ``None`` when handing over at ``x``.
         """
-        mon = _Monitor(x.shape[0], x.device, self.divergence_rate, need_residual=True)
+        mon = _Monitor(x.shape[0], x.device, self.divergence_rate, need_residual=True, update_limit=1.0)
         k = 0
         g = eq.G(x)
         for k in range(1, min(self.max_iters, self.QUASI_MAX_ITERS) + 1):
             r = g - x
             rw = r.to(w)
             stats.n_precond_evals += 1
-            dx = pinv(rw).to(w)
-            dx = torch.where(mon.active[:, None], dx, torch.zeros_like(dx)).to(x.dtype)
-            if self.max_backtracks:
-                step, g_new = self._line_search(eq, x, dx, torch.linalg.vector_norm(rw, dim=1))
-            else:
-                step, g_new = dx, None
-            x = x + step
-            if g_new is None:  # no line search, or no sufficient decrease in max_backtracks halvings
-                g_new = eq.G(x)
-            g = g_new
-            if not mon.update(dx, g - x, tol.scale(x)):
+            dx = torch.where(mon.active[:, None], pinv(rw).to(w), torch.zeros_like(rw)).to(x.dtype)
+            if not mon.update(dx, r, tol.scale(x + dx)):
+                x = x + dx
                 res = mon.result(x, k, self.max_iters)
                 if res.ok or k >= self.max_iters:
                     return res, k, x
                 break  # a sample diverged: Newton steps may still find its root
-            if mon.max_active_rate() > self.QUASI_MAX_RATE:
+            if mon.max_active_rate() > self.QUASI_MAX_RATE or k == self.QUASI_MAX_ITERS:
+                x = x + dx
                 break
+            step, g = self._line_search(eq, x, dx, torch.linalg.vector_norm(rw, dim=1), mon.active) \
+                if self.max_backtracks else (dx, None)
+            x = x + step
+            if g is None:  # no line search, or no sufficient decrease in max_backtracks halvings
+                g = eq.G(x)
         return None, k, x
 
 def _counted(apply, stats, w):
