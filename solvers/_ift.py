@@ -333,7 +333,8 @@ def field_preconditioner(func, t, x0, gamma, view: BatchView, required: bool = F
     ``implicit_preconditioner(t, y, gamma)``, returning an object with ``solve(v)`` and
     ``solve_transpose(v)`` (``v`` shaped like the state) that approximate
     ``(I - gamma J_f(t, y))^{-1}`` and its transpose, or ``None`` where it has none (odenet's
-    parabolic fields do). It is asked once per stage solve, at the initial guess ``x0``. A
+    parabolic fields do). :func:`solve_stage` asks once per solve and step factor, at the
+    first stage's initial guess ``x0``, and keeps it in the solve's cache. A
     solve whose field is wrapped (a tuple state, reversed time) or a complex state gets
     none. ``required`` (``preconditioner="field"``): raise ``ValueError`` when there is none.
     """

@@ -35,10 +35,18 @@ class NewtonKrylov(AbstractRootFinder):
     every GMRES solve of an implicit stage (forward, and the transposed one of its gradient)
     by the field's ``implicit_preconditioner(t, y, gamma)`` (see
     :func:`solvers._ift.field_preconditioner`; odenet's parabolic fields offer one), built
-    once per stage solve at the initial guess. ``"auto"`` runs unpreconditioned where the
-    field has none; ``"field"`` raises ``ValueError`` there. Right preconditioning keeps the
-    true residual in every test (the forcing, the trust test of the Newton step, the
-    transposed solve's check), so convergence is judged as without it.
+    once per solve and step factor, at the first stage's initial guess. ``"auto"`` runs
+    unpreconditioned where the field has none; ``"field"`` raises ``ValueError`` there.
+    Right preconditioning keeps the true residual in every test (the forcing, the trust
+    test of the Newton step, the transposed solve's check), so convergence is judged as
+    without it.
+
+    ``linear_solver``: ``"gmres"`` (default) or ``"preconditioner"``: each Newton step is
+    ``P^-1 (G(x) - x)``, no GMRES and no JVPs (a quasi-Newton iteration; see
+    :meth:`_solve_quasi` for its convergence test and its hand-over to GMRES steps where
+    ``P`` contracts poorly). Needs ``preconditioner`` ``"auto"`` or ``"field"``; without a
+    field preconditioner (``"auto"``) the steps are GMRES ones. ``predictor="auto"`` picks
+    the explicit predictor for it. The gradient's transposed solve is GMRES either way.
     """
 
     name = "newton_krylov"
@@ -159,7 +167,7 @@ class NewtonKrylov(AbstractRootFinder):
         is then taken. Where ``P`` is a poor approximation (the field's slopes far from their
         mean) the iteration contracts slowly: when some sample's rate exceeds
         :attr:`QUASI_MAX_RATE`, or after :attr:`QUASI_MAX_ITERS` iterations, it stops and the
-        caller continues from the current iterate with preconditioned GMRES Newton steps.
+        caller continues from the last iterate with preconditioned GMRES Newton steps.
 
         Returns ``(result, iterations, x)``: ``result`` ``None`` when handing over at ``x``.
         """
@@ -178,14 +186,14 @@ class NewtonKrylov(AbstractRootFinder):
                     return res, k, x
                 break  # a sample diverged: Newton steps may still find its root
             if mon.max_active_rate() > self.QUASI_MAX_RATE or k == self.QUASI_MAX_ITERS:
-                x = x + dx
-                break
+                break  # hand over from the last iterate whose residual is known
             step, g = self._line_search(eq, x, dx, torch.linalg.vector_norm(rw, dim=1), mon.active) \
                 if self.max_backtracks else (dx, None)
             x = x + step
             if g is None:  # no line search, or no sufficient decrease in max_backtracks halvings
                 g = eq.G(x)
         return None, k, x
+
 
 def _counted(apply, stats, w):
     """``apply`` (a preconditioner's ``P^-1`` or ``P^-T`` in the flat view) in dtype ``w``,
