@@ -23,12 +23,18 @@ from odenet.training._loop import fit
 from odenet.training._runtime import set_seed
 from odenet.training._views import build_view_model, field_arch, solver_config_for
 
-KEYS = ("n_root_iters", "n_f_evals", "n_jvp_evals", "n_vjp_evals", "n_backward_root_iters")
+KEYS = ("n_root_iters", "n_f_evals", "n_jvp_evals", "n_vjp_evals", "n_precond_evals", "n_backward_root_iters")
 NK = {"root_finder": "newton_krylov", "root_rtol": 1e-3, "root_atol": 1e-4}
 SETTINGS = [
     ("newton_krylov 1e-3, autograd JVPs", dict(NK)),
     ("newton_krylov 1e-3, finite-difference JVPs (compare)", dict(NK, jvp="finite_difference")),
     ("  + explicit predictor", dict(NK, jvp="finite_difference", predictor="explicit")),
+    ("  + field preconditioner", dict(NK, jvp="finite_difference", preconditioner="field")),
+    ("  + field preconditioner, explicit predictor", dict(NK, jvp="finite_difference", preconditioner="field",
+                                                       predictor="explicit")),
+    ("  + preconditioner steps (no GMRES forward)", dict(NK, preconditioner="field", linear_solver="preconditioner")),
+    ("  + preconditioner steps, explicit predictor", dict(NK, preconditioner="field", linear_solver="preconditioner",
+                                                      predictor="explicit")),
     ("newton_krylov 1e-2, finite-difference JVPs", dict(NK, root_rtol=1e-2, root_atol=1e-3, jvp="finite_difference")),
     ("anderson 1e-3", {"root_finder": "anderson", "root_rtol": 1e-3, "root_atol": 1e-4}),
 ]
@@ -82,7 +88,7 @@ def main(argv=None):
     print(f"width {a.width}, head {a.head}, expansion {a.expansion}, spectral norm {a.spectral_norm}, "
           f"{a.pretrain} epoch(s) as a ResNet; per batch of {B}, mean of {nb}")
     print(f"{'setting':54s} {'x resnet':>8s} {'fwd ms':>8s} {'bwd ms':>8s} {'root its':>8s} {'f fwd':>6s} "
-          f"{'JVP':>6s} {'VJP':>6s} {'grad err':>9s}")
+          f"{'JVP':>6s} {'VJP':>6s} {'P^-1':>6s} {'grad err':>9s}")
     print(f"{'resnet (euler/4)':54s} {1.0:8.1f} {rf * 1e3:8.1f} {rb * 1e3:8.1f}")
     for label, opts in SETTINGS:
         try:
@@ -92,7 +98,8 @@ def main(argv=None):
             continue
         err = float((g - ref).norm() / ref.norm())
         print(f"{label:54s} {(f_ + b_) / (rf + rb):8.1f} {f_ * 1e3:8.1f} {b_ * 1e3:8.1f} {st['n_root_iters']:8.1f} "
-              f"{st['n_f_evals']:6.1f} {st['n_jvp_evals']:6.1f} {st['n_vjp_evals']:6.1f} {err:9.1e}", flush=True)
+              f"{st['n_f_evals']:6.1f} {st['n_jvp_evals']:6.1f} {st['n_vjp_evals']:6.1f} {st['n_precond_evals']:6.1f} "
+              f"{err:9.1e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -178,6 +178,10 @@ class AbstractCollocation(ImplicitOptions, AbstractImplicitSolver):
         else:
             x0 = eq.Y0
         stats = func_stats(func)
+        if getattr(finder, "preconditioner", "none") == "field":  # "auto" quietly runs without one
+            raise ValueError("option `preconditioner='field'` applies to one-stage-at-a-time implicit methods (implicit "
+                             f"Euler, ESDIRK); {type(self).__name__} solves its stages coupled and has no field "
+                             "preconditioner: use preconditioner='none' or 'auto'")
         with torch.no_grad():
             res = finder.solve(eq, x0, tol, stats, cache)
         stats.n_root_solves += 1

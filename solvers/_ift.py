@@ -14,8 +14,9 @@ one vector-Jacobian product at the root. The iterations are never differentiated
 The transposed system is solved by the forward root finder applied to the linear map
 ``lam -> g + gamma J^T lam`` (Picard/Anderson: fixed point on the transpose; Newton: a
 per-sample dense Jacobian, exact in one iteration). For Newton–Krylov the system is
-solved directly: one restarted GMRES with VJPs to ``rtol |g|`` per sample, its residual
-then checked (a Newton iteration around a linear solve would only add products).
+solved directly: one restarted GMRES with VJPs to ``rtol |g|`` per sample (right-
+preconditioned by ``P^-T`` when the forward had a field preconditioner ``P``), its
+residual then checked (a Newton iteration around a linear solve would only add products).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Optional
 
 import torch
 
-from ._krylov import gmres
+from ._krylov import _counted, gmres
+from ._problem import VectorField
 from ._root import AbstractRootFinder, BatchView, Tolerance, alternatives
 from ._rootbase import work_dtype
 from ._solution import RootFinderError
@@ -96,12 +98,14 @@ def scale_rows(gamma, J: torch.Tensor) -> torch.Tensor:
 
 class StageEquation:
     """``x = c + gamma f(t, x)`` in the real ``(B, n)`` view of the state (``gamma``: see
-    :func:`flat_gamma`)."""
+    :func:`flat_gamma`). ``pre``: ``(P^-1, P^-T)`` in the flat view (a preconditioner of
+    the Newton matrix ``I - gamma J_f``, see :func:`field_preconditioner`) or ``None``."""
 
-    def __init__(self, func, t, c, gamma, view: BatchView, key=None):
+    def __init__(self, func, t, c, gamma, view: BatchView, key=None, pre=None):
         self.func, self.t, self.view, self.key = func, t, view, key
         self.c = view.flat(c.detach())
         self.gamma = flat_gamma(gamma, view)
+        self.pre = pre
 
     def f(self, x):
         return self.view.flat(self.func(self.t, self.view.state(x)))
@@ -168,14 +172,16 @@ class TransposeEquation:
 class _Spec:
     """What the backward pass of one stage needs (no per-solve state leaks elsewhere)."""
 
-    __slots__ = ("func", "t", "z", "gamma", "view", "finder", "rtol", "stats", "fmap")
+    __slots__ = ("func", "t", "z", "gamma", "view", "finder", "rtol", "stats", "fmap", "pre")
 
-    def __init__(self, func, t, z, gamma, view, finder, rtol, stats, fmap=None):
+    def __init__(self, func, t, z, gamma, view, finder, rtol, stats, fmap=None, pre=None):
         self.func, self.t, self.z, self.gamma = func, t, z, gamma
         self.view, self.finder, self.rtol, self.stats = view, finder, rtol, stats
         #: ``x -> fx`` in the flat view with ``G(x) = const + gamma * fx`` (default: one stage,
         #: ``fx = f(t, x)``; a collocation step passes its coupled stage map)
         self.fmap = fmap
+        #: the forward solve's preconditioner ``(P^-1, P^-T)`` (flat view), or ``None``
+        self.pre = pre
 
     def solve_transpose(self, g_state: torch.Tensor) -> torch.Tensor:
         view, stats = self.view, self.stats
@@ -205,8 +211,9 @@ class _Spec:
 
     def _gmres_transpose(self, eq: "TransposeEquation", g: torch.Tensor) -> torch.Tensor:
         """``(I - gamma J^T) lam = g`` is linear: one restarted GMRES to ``rtol |g|`` per sample
-        (no Newton iteration around it, no line search), then its residual checked with one
-        more VJP."""
+        (no Newton iteration around it, no line search), right-preconditioned by ``P^-T`` when
+        the forward solve had a preconditioner ``P``; a residual above the bound raises
+        :class:`RootFinderError`."""
         finder, stats = self.finder, self.stats
         w = work_dtype(g.dtype)
 
@@ -217,10 +224,16 @@ class _Spec:
         # the cycles a linear solve may take: the finder's Newton budget of GMRES cycles
         restart = getattr(finder, "restart", 20)
         cycles = getattr(finder, "max_restarts", 2) * max(getattr(finder, "max_iters", 1), 1)
-        lam = gmres(op, gw, rtol=self.rtol, restart=restart, max_restarts=cycles)
+        precond = None
+        if self.pre is not None:  # right preconditioning by P^-T, the forward's P^-1 transposed
+            precond = _counted(self.pre[1], stats, w)
+        # the residual is GMRES's own (the Arnoldi relation's): for this exactly linear operator
+        # (VJPs, no finite differences) it is the true |g - (I - gamma J^T) lam| up to rounding
+        # (modified Gram-Schmidt GMRES is backward stable: Paige, Rozloznik & Strakos 2006),
+        # so no further product is spent to recompute it
+        lam, res = gmres(op, gw, rtol=self.rtol, restart=restart, max_restarts=cycles, precond=precond, return_residual=True)
         stats.n_linear_solves += 1
         stats.n_backward_root_iters += 1
-        res = torch.linalg.vector_norm(gw - op(lam), dim=1)
         bound = self.rtol * torch.linalg.vector_norm(gw, dim=1) * 1.01 + torch.finfo(w).tiny
         bad = ~(res <= bound)  # NaN counts as bad
         if bool(bad.any()):
@@ -285,7 +298,20 @@ def solve_stage(func, t, c, gamma, x0, finder: AbstractRootFinder, tol: Toleranc
 
     ``z`` carries the implicit-function-theorem gradient when gradients are enabled.
     """
-    eq = StageEquation(func, t, c, gamma, view, key)
+    mode = getattr(finder, "preconditioner", "none")
+    pre = None
+    if mode != "none":
+        # one preconditioner per solve and step factor: built at the first stage's guess and
+        # reused by the later steps of the same size (it depends on the state only through
+        # the field's mean slope, which changes little from step to step; any P is correct)
+        gkey = float(gamma) if not isinstance(gamma, torch.Tensor) or gamma.ndim == 0 else None
+        ckey = ("field_preconditioner", gkey, tuple(x0.shape), x0.dtype)
+        pre = cache.get(ckey) if gkey is not None else None
+        if pre is None:
+            pre = field_preconditioner(func, t, x0, gamma, view, required=mode == "field")
+            if gkey is not None and pre is not None:
+                cache[ckey] = pre
+    eq = StageEquation(func, t, c, gamma, view, key, pre=pre)
     with torch.no_grad():
         res = finder.solve(eq, view.flat(x0.detach()), tol, stats, cache)
     stats.n_root_solves += 1
@@ -296,8 +322,40 @@ def solve_stage(func, t, c, gamma, x0, finder: AbstractRootFinder, tol: Toleranc
     z = view.state(res.x)
     if res.ok and needs_graph(func, c, gamma, t):
         zd = z.detach()
-        z = attach_ift(zd, c + gamma * func(t, zd), _Spec(func, t.detach(), zd, _detach(gamma), view, finder, _float_rtol(tol), stats))
+        z = attach_ift(zd, c + gamma * func(t, zd), _Spec(func, t.detach(), zd, _detach(gamma), view, finder, _float_rtol(tol), stats, pre=pre))
     return z, res
+
+
+def field_preconditioner(func, t, x0, gamma, view: BatchView, required: bool = False):
+    """``(P^-1, P^-T)`` in the flat view from the field's ``implicit_preconditioner``, or ``None``.
+
+    The field (the user's callable behind the solve's :class:`VectorField`) may offer
+    ``implicit_preconditioner(t, y, gamma)``, returning an object with ``solve(v)`` and
+    ``solve_transpose(v)`` (``v`` shaped like the state) that approximate
+    ``(I - gamma J_f(t, y))^{-1}`` and its transpose, or ``None`` where it has none (odenet's
+    parabolic fields do). :func:`solve_stage` asks once per solve and step factor, at the
+    first stage's initial guess ``x0``, and keeps it in the solve's cache. A
+    solve whose field is wrapped (a tuple state, reversed time) or a complex state gets
+    none. ``required`` (``preconditioner="field"``): raise ``ValueError`` when there is none.
+    """
+    target = func
+    if isinstance(func, VectorField):
+        target = func.func if (type(func) is VectorField and not func.reverse and func.shapes is None) else None
+        if target is not None and t.dtype != func.time_dtype:
+            t = t.to(func.time_dtype)
+    make = getattr(target, "implicit_preconditioner", None)
+    pre = None
+    if make is not None and not view.complex:
+        pre = make(t, x0.detach(), _detach(gamma))
+    if pre is None:
+        if required:
+            name = type(target).__name__ if target is not None else "a wrapped field (tuple state or reversed time)"
+            raise ValueError(
+                f"option `preconditioner='field'` needs a vector field with an `implicit_preconditioner(t, y, gamma)` "
+                f"method that returns a preconditioner here (odenet's ParabolicConvField and ParabolicMLPField have "
+                f"one), got {name}; use preconditioner='auto' (the field's when it has one) or 'none'")
+        return None
+    return (lambda v: view.flat(pre.solve(view.state(v)))), (lambda v: view.flat(pre.solve_transpose(view.state(v))))
 
 
 def _detach(v):

@@ -25,6 +25,11 @@ Options (constructor keywords, also accepted in ``odeint(..., options=...)``):
     How Newton–Krylov forms Jacobian-vector products: ``"autograd"`` (default, exact,
     double backward) or ``"finite_difference"`` (one field evaluation each); see
     :class:`~solvers.NewtonKrylov`. Only with ``root_finder="newton_krylov"`` or ``"auto"``.
+``preconditioner``
+    Newton–Krylov's GMRES preconditioner: ``"none"`` (default), ``"auto"`` (the field's
+    ``implicit_preconditioner`` when it has one, e.g. odenet's parabolic fields) or
+    ``"field"`` (the field's, a ``ValueError`` when it has none); see
+    :class:`~solvers.NewtonKrylov`. Only with ``root_finder="newton_krylov"`` or ``"auto"``.
 ``predictor``
     Initial guess of a stage: ``"explicit"`` (``c_i + h a_ii k_{i-1}``, an explicit step),
     ``"constant"`` (the previous stage value) or ``"auto"`` (explicit for fixed point and
@@ -88,20 +93,22 @@ class ImplicitOptions:
     #: unknowns of one root solve per state component (1: one stage at a time; a
     #: collocation method solves all ``s`` stages together)
     _auto_unknowns = 1
-    option_names = ("root_finder", "max_iters", "damping", "root_rtol", "root_atol", "predictor", "jvp")
+    option_names = ("root_finder", "max_iters", "damping", "root_rtol", "root_atol", "predictor", "jvp", "preconditioner", "linear_solver")
 
     def __init__(self, **options):
         AbstractSolver.__init__(self, **options)
         rf = options.get("root_finder", "auto")
         max_iters, damping, jvp = options.get("max_iters"), options.get("damping"), options.get("jvp")
+        pc, ls = options.get("preconditioner"), options.get("linear_solver")
         if rf == "auto":
             if damping is not None:
                 raise ValueError("option `damping` needs root_finder='fixed_point' or 'anderson'")
             kw = {} if max_iters is None else {"max_iters": max_iters}
-            self._auto = (Newton(**kw), NewtonKrylov(**kw, **({} if jvp is None else {"jvp": jvp})))
+            nk = dict(kw, **{k: v for k, v in (("jvp", jvp), ("preconditioner", pc), ("linear_solver", ls)) if v is not None})
+            self._auto = (Newton(**kw), NewtonKrylov(**nk))
             self._finder = None
         else:
-            self._finder = get_root_finder(rf, max_iters, damping, jvp)
+            self._finder = get_root_finder(rf, max_iters, damping, jvp, pc, ls)
         self._root_rtol = _check_tol("root_rtol", options.get("root_rtol"))
         self._root_atol = _check_tol("root_atol", options.get("root_atol"))
         pred = options.get("predictor", "auto")

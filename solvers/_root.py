@@ -294,11 +294,12 @@ class Newton(AbstractRootFinder):
 ROOT_FINDERS = {"fixed_point": FixedPoint, "anderson": Anderson, "newton": Newton, "newton_krylov": NewtonKrylov}
 
 
-def get_root_finder(spec, max_iters=None, damping=None, jvp=None) -> AbstractRootFinder:
-    """A root-finder object from a name (with optional ``max_iters``/``damping``/``jvp``) or an object."""
+def get_root_finder(spec, max_iters=None, damping=None, jvp=None, preconditioner=None, linear_solver=None) -> AbstractRootFinder:
+    """A root-finder object from a name (with optional ``max_iters``/``damping``/``jvp``/
+    ``preconditioner``/``linear_solver``) or an object."""
     if isinstance(spec, AbstractRootFinder):
-        if max_iters is not None or damping is not None or jvp is not None:
-            raise ValueError("`max_iters`/`damping`/`jvp` configure a root finder given by name; set them on the root-finder object instead")
+        if any(v is not None for v in (max_iters, damping, jvp, preconditioner, linear_solver)):
+            raise ValueError("`max_iters`/`damping`/`jvp`/`preconditioner`/`linear_solver` configure a root finder given by name; set them on the root-finder object instead")
         return spec
     if not isinstance(spec, str) or spec not in ROOT_FINDERS:
         raise ValueError(f"`root_finder` must be one of {', '.join(map(repr, ROOT_FINDERS))} (or 'auto', or an AbstractRootFinder), got {spec!r}")
@@ -316,5 +317,10 @@ def get_root_finder(spec, max_iters=None, damping=None, jvp=None) -> AbstractRoo
         if spec != "newton_krylov":
             raise ValueError(f"option `jvp` applies to root_finder='newton_krylov' (or 'auto'), not {spec!r}")
         kw["jvp"] = jvp
+    for name, value in (("preconditioner", preconditioner), ("linear_solver", linear_solver)):
+        if value is not None:
+            if spec != "newton_krylov":
+                raise ValueError(f"option `{name}` applies to root_finder='newton_krylov' (or 'auto'), not {spec!r}")
+            kw[name] = value
     return ROOT_FINDERS[spec](**kw)
 

@@ -151,8 +151,13 @@ class _Monitor:
     """
 
     def __init__(self, B: int, device, divergence_rate: float, need_residual: bool = False,
-                 growth_limit: Optional[float] = None):
+                 growth_limit: Optional[float] = None, update_limit: Optional[float] = None):
         self.device = device
+        #: iterations whose updates estimate the error only as well as an approximate inverse
+        #: does (a quasi-Newton step by a preconditioner): also ask for a scaled update of at
+        #: most ``update_limit``, so that a rate measured from one ratio of updates cannot
+        #: declare convergence on its own
+        self.update_limit = update_limit
         # non-monotone iterations (Anderson) may raise the residual for a while before they
         # converge (e.g. when the plain iteration does not contract): they diverge only when
         # the residual exceeds ``growth_limit`` times the smallest one seen so far
@@ -228,6 +233,8 @@ class _Monitor:
         self.lin_failed = np.where(act, ~lin, self.lin_failed)
         if self.need_residual:  # non-monotone iterations (Anderson): also ask for a small residual
             conv &= res <= 1.0
+        if self.update_limit is not None:
+            conv &= d <= self.update_limit
         if self.growth_limit is None:
             grew = rate_r > self.divergence_rate
         else:

@@ -69,6 +69,8 @@ class Stats:
     n_jac_evals: int = 0
     n_linear_solves: int = 0
     n_jvp_evals: int = 0
+    #: applications of a GMRES preconditioner (Newton–Krylov ``preconditioner=``), forward and backward
+    n_precond_evals: int = 0
     # backward pass
     n_f_evals_backward: int = 0
     n_vjp_evals: int = 0

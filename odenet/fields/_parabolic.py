@@ -67,6 +67,15 @@ MONOTONE_ACTIVATIONS = ("tanh", "relu", "softplus", "elu", "sigmoid")
 
 _TIME_MODES = ("none", "concat")
 
+#: ``act'(h)`` of each monotone activation, in closed form (the preconditioner's mean slope)
+_SLOPES = {
+    "tanh": lambda h: 1 - torch.tanh(h) ** 2,
+    "relu": lambda h: (h > 0).to(h.dtype),
+    "softplus": torch.sigmoid,
+    "elu": lambda h: torch.where(h > 0, torch.ones_like(h), torch.exp(h)),
+    "sigmoid": lambda h: torch.sigmoid(h) * (1 - torch.sigmoid(h)),
+}
+
 
 def _check_args(activation: str, time: str, expansion: float) -> float:
     if activation not in MONOTONE_ACTIVATIONS:
@@ -101,6 +110,39 @@ class _ParabolicBase(nn.Module):
     def one_sided_lipschitz(self) -> float:
         """An upper bound on ``<f(t,x)-f(t,y), x-y> / |x-y|^2``: ``expansion``, whatever the weights."""
         return self.expansion
+
+    def _mean_slope(self, t, x: torch.Tensor) -> torch.Tensor:
+        """``d``: the mean of ``act'(K x + b(t))`` over every entry of the batch (0-dim)."""
+        h = self._k(x)
+        if self.time != "none":
+            h = h + _time_like(t, x) * self.hidden_bias_t
+        return _SLOPES[self.activation](h).mean()
+
+    def implicit_preconditioner(self, t, x: torch.Tensor, gamma):
+        """An approximate inverse of the Newton matrix ``I - gamma J_f(t, x)`` of an implicit stage.
+
+        ``J_f = -K^T D K + (A - A^T) + expansion I`` with ``D = diag(act'(K x + b))``;
+        replacing ``D`` by its mean ``d`` over the batch leaves the constant-coefficient
+        matrix ``P = I + gamma (d K^T K - (A - A^T) - expansion I)``, whose inverse is cheap
+        (see the subclasses) and close to the Newton matrix's when the slopes vary little.
+        Its symmetric part is ``>= (1 - gamma expansion) I``, so ``P`` is nonsingular
+        wherever the implicit stage is well posed.
+
+        Used by :class:`solvers.NewtonKrylov` with ``preconditioner="auto"`` or ``"field"``
+        (right preconditioning of every GMRES solve, forward and transposed: the residuals
+        that decide convergence stay the true ones, so a poor ``P`` costs iterations, never
+        accuracy). ``gamma``: a float, a 0-dim tensor or one factor per sample
+        (``[B, 1, ...]``). Returns an object with ``solve(v)`` (``P^{-1} v``) and
+        ``solve_transpose(v)`` (``P^{-T} v``) for ``v`` shaped like ``x``, or ``None`` when
+        ``P`` is not invertible in floating point (``gamma * expansion >= 1``).
+        """
+        with torch.no_grad():
+            x = x.detach()
+            wdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+            d = self._mean_slope(t, x).to(wdt)
+            g = torch.as_tensor(gamma, dtype=wdt, device=x.device).detach()
+            g = g.reshape(-1)  # (1,) or (B,)
+            return self._preconditioner(d, g, wdt, x)
 
     def forward(self, t, x: torch.Tensor) -> torch.Tensor:
         self._check_state(x)
@@ -183,6 +225,19 @@ class ParabolicConvField(_ParabolicBase):
     def _skew_term(self, x):
         return self.skew_conv(x) - F.conv_transpose2d(x, self.skew_conv.weight, padding=self.padding)
 
+    def _kernel_hat(self, w: torch.Tensor, size, wdt) -> torch.Tensor:
+        """``(U, V, out, in)``: the 2-D DFT (``rfft2`` on ``size``) of the circular convolution
+        that zero-padded cross-correlation with ``w`` becomes on a periodic grid of ``size``."""
+        p = self.padding
+        k = torch.zeros(w.shape[0], w.shape[1], size[0], size[1], dtype=wdt, device=w.device)
+        k[:, :, : w.shape[2], : w.shape[3]] = w.detach().to(wdt).flip(-1, -2)
+        k = torch.roll(k, shifts=(-p, -p), dims=(-2, -1))
+        return torch.fft.rfft2(k).permute(2, 3, 0, 1)
+
+    def _preconditioner(self, d, g, wdt, x):
+        pre = _FourierPreconditioner(self, d, g, wdt, x.shape[-2], x.shape[-1])
+        return pre if pre.ok else None
+
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, hidden={self.hidden}, kernel_size={self.kernel_size}, "
                 f"time={self.time!r}, activation={self.activation!r}, skew={self.skew}, expansion={self.expansion}")
@@ -223,6 +278,126 @@ class ParabolicMLPField(_ParabolicBase):
         a = self.skew_linear.weight
         return x @ (a.t() - a)  # (A - A^T) x for row vectors x
 
+    def _preconditioner(self, d, g, wdt, x):
+        W = self.linear.weight.detach().to(wdt)  # (hidden, dim)
+        L = d * (W.t() @ W) - self.expansion * torch.eye(self.dim, dtype=wdt, device=W.device)
+        if self.skew:
+            a = self.skew_linear.weight.detach().to(wdt)
+            L = L - (a - a.t())
+        P = torch.eye(self.dim, dtype=wdt, device=W.device) + g[:, None, None] * L  # (1 or B, dim, dim)
+        Pinv, info = torch.linalg.inv_ex(P)
+        if bool((info != 0).any()) or not bool(torch.isfinite(Pinv).all()):
+            return None
+        return _DensePreconditioner(Pinv)
+
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, hidden={self.hidden}, time={self.time!r}, activation={self.activation!r}, "
                 f"skew={self.skew}, expansion={self.expansion}")
+
+
+class _DensePreconditioner:
+    """``P^{-1}`` as a ``(1 or B, dim, dim)`` matrix, acting on the last dimension of ``[B, ..., dim]``."""
+
+    def __init__(self, Pinv: torch.Tensor):
+        self.Pinv = Pinv
+
+    def _apply(self, M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        vw = v.to(M.dtype)
+        if M.shape[0] == 1 or vw.dim() < 2:
+            out = vw @ M[0].t()
+        else:  # one matrix per sample: [B, ..., dim] rows times P_b^T
+            out = (vw.reshape(vw.shape[0], -1, vw.shape[-1]) @ M.transpose(1, 2)).reshape(vw.shape)
+        return out.to(v.dtype)
+
+    def solve(self, v: torch.Tensor) -> torch.Tensor:
+        return self._apply(self.Pinv, v)
+
+    def solve_transpose(self, v: torch.Tensor) -> torch.Tensor:
+        return self._apply(self.Pinv.transpose(1, 2), v)
+
+
+class _FourierPreconditioner:
+    """``P^{-1}`` for a :class:`ParabolicConvField`, applied in Fourier space.
+
+    A stride-1 convolution is diagonalised by the 2-D DFT on a periodic grid, one
+    ``channels x channels`` block per frequency. The state ``[B, C, H, W]`` is zero-padded to
+    ``(H + 2p) x (W + 2p)`` (``p`` the convolution's padding), so that the periodic
+    convolution does not wrap the image onto itself; ``P``'s blocks are inverted once (a
+    batched ``C x C`` inverse per frequency). Away from the image border this is the
+    constant-coefficient matrix exactly; at the border the zero padding of the field's
+    convolutions makes it an approximation (a preconditioner need only be close).
+
+    The transforms are small dense real matrices (zero-padding, ``rfft2`` and the inverse
+    transform with the crop folded in; for the small images of a classifier's ODE block
+    three matrix products beat two FFTs), each complex block ``a + ib`` the real block
+    ``[[a, -b], [b, a]]``: one application is a matrix product, a batched ``2C x 2C``
+    product per frequency and a matrix product. The weight-dependent part (``K^T K`` and
+    the skew part per frequency) is kept on the field for the weights it was built from
+    (the same tensors during one :class:`odenet.ODEBlock` forward), so a new stage pays only
+    for the ``C x C`` inverses.
+    """
+
+    def __init__(self, f: "ParabolicConvField", d, g, wdt, H: int, W: int):
+        self.p = f.padding
+        size = (H + 2 * self.p, W + 2 * self.p)
+        Kw = f.conv.weight
+        Aw = f.skew_conv.weight if f.skew else None
+        memo = f.__dict__.get("_pc_memo")
+        key = (size, wdt, Kw.device, f.expansion)
+        if (memo is None or memo[0] is not Kw or memo[1] is not Aw or memo[2] != key
+                or memo[3] != (Kw._version, None if Aw is None else Aw._version)):
+            Kh = f._kernel_hat(Kw, size, wdt)  # (U, V, hidden, C)
+            KtK = Kh.conj().transpose(-1, -2) @ Kh
+            N = -f.expansion * torch.eye(f.channels, dtype=KtK.dtype, device=KtK.device)
+            if Aw is not None:
+                Ah = f._kernel_hat(Aw, size, wdt)
+                N = N - (Ah - Ah.conj().transpose(-1, -2))
+            Fr, Gr = _dft_matrices(H, W, size, wdt, Kw.device)
+            memo = (Kw, Aw, key, (Kw._version, None if Aw is None else Aw._version), KtK, N, Fr, Gr)
+            f.__dict__["_pc_memo"] = memo  # a plain attribute (not a buffer: never saved)
+        KtK, N, self.Fr, self.Gr = memo[4:]
+        C = f.channels
+        eye = torch.eye(C, dtype=KtK.dtype, device=KtK.device)
+        P = eye + g.to(KtK.dtype)[:, None, None, None, None] * (d * KtK + N)  # (1 or B, U, V, C, C)
+        Pinv, info = torch.linalg.inv_ex(P)
+        self.ok = not bool((info != 0).any()) and bool(torch.isfinite(torch.view_as_real(Pinv)).all())
+        # each complex block a + ib as the real block [[a, -b], [b, a]]; the real block of the
+        # conjugate transpose, which P^-T needs, is the transposed real block
+        a_, b_ = Pinv.real, Pinv.imag
+        R = torch.cat([torch.cat([a_, -b_], -1), torch.cat([b_, a_], -1)], -2)  # (1 or B, U, V, 2C, 2C)
+        self.UV, self.C, self.wdt = R.shape[1] * R.shape[2], C, wdt
+        self.R = R.reshape(R.shape[0], self.UV, 2 * C, 2 * C).contiguous()
+        self.RT = self.R.transpose(-1, -2).contiguous()
+
+    def _apply(self, transpose: bool, v: torch.Tensor) -> torch.Tensor:
+        B, H, W = v.shape[0], v.shape[-2], v.shape[-1]
+        UV, C = self.UV, self.C
+        R = self.RT if transpose else self.R
+        y = (v.to(self.wdt).reshape(B * C, H * W) @ self.Fr).view(B, C, 2, UV)  # (re, im) per frequency
+        if R.shape[0] == 1:  # one P for the batch: (UV, 2C, 2C) @ (UV, 2C, B)
+            z = torch.bmm(R[0], y.permute(3, 2, 1, 0).reshape(UV, 2 * C, B))
+            z = z.view(UV, 2, C, B).permute(3, 2, 1, 0)
+        else:  # one P per sample (a per-sample step): (B, UV, 2C, 2C) @ (B, UV, 2C, 1)
+            z = R @ y.permute(0, 3, 2, 1).reshape(B, UV, 2 * C, 1)
+            z = z.view(B, UV, 2, C).permute(0, 3, 2, 1)
+        out = z.reshape(B * C, 2 * UV) @ self.Gr
+        return out.view(v.shape).to(v.dtype)
+
+    def solve(self, v: torch.Tensor) -> torch.Tensor:
+        return self._apply(False, v)
+
+    def solve_transpose(self, v: torch.Tensor) -> torch.Tensor:
+        return self._apply(True, v)
+
+
+def _dft_matrices(H: int, W: int, size, dtype, device):
+    """``Fr`` ``(H W, 2 U V)``: an ``H x W`` image, zero-padded to ``size``, to the real and
+    imaginary parts of its ``rfft2``; ``Gr`` ``(2 U V, H W)``: those parts back through
+    ``irfft2`` on ``size``, cropped to ``H x W`` (both real-linear maps, built from basis vectors)."""
+    E = torch.eye(H * W, dtype=dtype, device=device).view(H * W, H, W)
+    Fc = torch.fft.rfft2(E, s=size)  # (HW, U, V)
+    U, V = Fc.shape[1], Fc.shape[2]
+    Fr = torch.view_as_real(Fc).permute(0, 3, 1, 2).reshape(H * W, 2 * U * V)
+    Eb = torch.eye(2 * U * V, dtype=dtype, device=device).view(2 * U * V, 2, U, V).permute(0, 2, 3, 1)
+    Gr = torch.fft.irfft2(torch.view_as_complex(Eb.contiguous()), s=size)[:, :H, :W].reshape(2 * U * V, H * W)
+    return Fr.contiguous(), Gr.contiguous()

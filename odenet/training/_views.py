@@ -15,9 +15,14 @@ from ..data._classification import DataBundle
 VIEWS: dict[str, dict[str, Any]] = {
     "resnet": dict(method="euler", steps=4, rtol=1e-3, atol=1e-4, gradient="direct",
                    options=None),
+    # Newton-Krylov stepping by the parabolic field's Fourier preconditioner (quasi-Newton, no
+    # GMRES forward; GMRES with P^-T for the gradient); a field without one (--field
+    # unconstrained) falls back to GMRES with finite-difference JVPs. docs/three-views.md,
+    # "Implicit view cost"
     "implicit": dict(method="implicit_euler", steps=4, rtol=1e-3, atol=1e-4, gradient="direct",
                      options={"root_finder": "newton_krylov", "root_rtol": 1e-3, "root_atol": 1e-4,
-                              "jvp": "finite_difference"}),
+                              "jvp": "finite_difference", "preconditioner": "auto",
+                              "linear_solver": "preconditioner"}),
     # the checkpointed adjoint, not the plain one: a trained parabolic field is strongly
     # dissipative and the plain adjoint's backwards-rebuilt state (and gradient) goes wrong
     # (it now says so: solvers.AdjointRebuildError); see docs/gradients.md
@@ -63,7 +68,8 @@ def solver_config_for(view: str, **overrides: Any) -> dict:
     if root_finder is not None:
         cfg["options"] = dict(cfg["options"] or {}, root_finder=root_finder)
         if root_finder not in ("newton_krylov", "auto"):
-            cfg["options"].pop("jvp", None)  # how Newton-Krylov forms J v: means nothing to another finder
+            for key in ("jvp", "preconditioner", "linear_solver"):  # Newton-Krylov's own: mean nothing to another finder
+                cfg["options"].pop(key, None)
     return cfg
 
 
