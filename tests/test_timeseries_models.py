@@ -192,18 +192,76 @@ def test_latent_ode_kl_warmup_is_linear_and_counts_training_batches_only():
         build_series_model("latent_ode", 1, kl_warmup=-1)
 
 
-def test_latent_ode_decoder_through_observation_times_is_the_same_ode_solution():
-    """Passing the decoder through the observation times only shortens its steps: at tight
-    tolerance it gives the same predictions as one solve over [t_ref, queries]."""
+def _direct_decode(model, batch, q):
+    """The Latent ODE's predictions from ONE tight solve of its decoder over [t_ref, queries]."""
+    z0 = model.posterior(batch)[0]
+    t_ref = q.min(1).values[:, None]
+    return model.readout(model.decoder.evolve(z0, torch.cat([t_ref, q], 1))[1:].transpose(0, 1))
+
+
+@pytest.mark.parametrize("task", ["extrapolation", "interpolation"])
+def test_latent_ode_z0_sits_at_the_first_query_and_the_grid_is_the_same_ode_solution(task):
+    """z0 is the latent state at each series' earliest query time: an extrapolation's decoder
+    starts where its targets start (observation times before it are identity steps); an
+    interpolation's passes through the observation times. Either way, at tight tolerance the
+    predictions are those of one solve from z0 over [t_ref, queries]."""
     ts, xs = _series(5, channels=1)
     model = _models(channels=1)["latent_ode"].eval()
     batch = _double(pad_series(ts, xs))
-    q = torch.stack([t[-1] + torch.tensor([0.3, 0.9, 2.0], dtype=torch.float64) for t in ts])  # (B, 3)
+    if task == "extrapolation":
+        q = torch.stack([t[-1] + torch.tensor([0.3, 0.9, 2.0], dtype=torch.float64) for t in ts])  # (B, 3)
+    else:  # one query before the first observation, the others between observations
+        q = torch.stack([torch.stack([t[0] - 0.2, (t[0] + t[1]) / 2, (t[1] + t[2]) / 2]) for t in ts])
     grid, qpos = model.decoder_grid(batch, q)
     assert grid.shape[1] == 1 + batch.times.shape[1] + 3
+    torch.testing.assert_close(grid[:, 0], q[:, 0], rtol=0, atol=0)
     torch.testing.assert_close(grid.gather(1, qpos), q, rtol=0, atol=0)
+    assert (grid[:, 1:] >= grid[:, :-1]).all()
+    if task == "extrapolation":  # every observation lies before t_ref: raised to it
+        assert (grid[:, :-3] == q[:, :1]).all()
     with torch.no_grad(), model.using_solver(method="dopri5", rtol=1e-10, atol=1e-12):
         pred = model.predict(batch, q)
-        z0 = model.posterior(batch, grid[:, 0])[0]
-        direct = model.readout(model.decoder.evolve(z0, torch.cat([grid[:, :1], q], 1))[1:].transpose(0, 1))
+        direct = _direct_decode(model, batch, q)
     torch.testing.assert_close(pred, direct, rtol=1e-7, atol=1e-8)
+
+
+def test_latent_ode_elbo_against_torch_distributions():
+    """-ELBO = mean over series of [mean over samples of the Gaussian NLL averaged over a
+    series' observed targets] + KL(q || N(0, I)), checked against torch.distributions."""
+    sines = periodic_sines(6, n_times=12, seed=3)
+    b, tgt = _double(sines.train), _double(sines.target_train)
+    tgt.mask[0, :2] = 0  # a series with fewer observed targets
+    torch.manual_seed(0)
+    S = 3
+    model = build_series_model("latent_ode", 1, hidden=6, latent=4, units=8, obs_std=0.3, n_samples=S,
+                               kl_weight=0.7).double().train()
+    torch.manual_seed(1)
+    loss, pred = model(b, tgt)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        mean, logvar = model.posterior(b)
+        std = (0.5 * logvar).exp()
+        eps = torch.randn(S, *mean.shape, dtype=mean.dtype)
+        grid, qpos = model.decoder_grid(b, tgt.times, tgt.lengths)
+        nll = []
+        for s in range(S):
+            p = model.decode(mean + std * eps[s], grid, qpos)
+            lp = torch.distributions.Normal(p, 0.3).log_prob(tgt.values) * tgt.mask
+            nll.append(-lp.sum((1, 2)) / tgt.mask.sum((1, 2)))
+        kl = torch.distributions.kl_divergence(torch.distributions.Normal(mean, std),
+                                               torch.distributions.Normal(0.0, 1.0)).sum(-1)
+        ref = (torch.stack(nll).mean(0) + 0.7 * kl).mean()
+    torch.testing.assert_close(loss.detach(), ref, rtol=1e-12, atol=1e-12)
+    assert pred.shape == tgt.values.shape
+
+
+def test_latent_ode_posterior_starts_narrow():
+    """At initialisation q(z0)'s standard deviation is ~0.01, not ~1: a unit one drowned the
+    encoder's ~0.01 differences between series in sampling noise (the model predicted the mean)."""
+    sines = periodic_sines(40, seed=0)
+    torch.manual_seed(0)
+    model = build_series_model("latent_ode", 1, hidden=32)
+    with torch.no_grad():
+        mean, logvar = model.posterior(sines.train)
+    std = (0.5 * logvar).exp()
+    assert 0.005 < float(std.min()) and float(std.max()) < 0.02

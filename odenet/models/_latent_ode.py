@@ -48,6 +48,11 @@ class LatentODE(AbstractSeriesModel):
         0: no warm-up). Rubanova et al. anneal the KL term too.
     method, steps, rtol, atol, gradient, options
         Solver configuration of the encoder and decoder ODEs, as in :class:`odenet.ODEBlock`.
+
+    The posterior's standard deviation starts at 0.01 (the log-variance bias is initialised
+    to ``2 log 0.01``): at initialisation the encoder's means differ across series by ~0.01,
+    and with a unit standard deviation the sampled ``z0`` were noise that the decoder
+    learnt to ignore (predicting the mean) for the first epochs.
     """
 
     def __init__(self, in_channels: int, hidden: int = 32, num_classes: int = 0, out_channels: Optional[int] = None,
@@ -70,17 +75,18 @@ class LatentODE(AbstractSeriesModel):
                            n_samples=n_samples, kl_weight=kl_weight, kl_warmup=kl_warmup, **solver)
         self.encoder = ODERNN(in_channels, hidden, units=units, **solver)
         self.to_posterior = nn.Linear(hidden, 2 * latent)
+        with torch.no_grad():  # q(z0) starts narrow (std 0.01): see the class docstring
+            self.to_posterior.bias[latent:] = 2 * math.log(0.01)
         self.decoder = SeriesODEBlock(MLPDynamics(latent, units), **solver)
         self.readout = nn.Sequential(nn.Linear(latent, units), nn.Tanh(), nn.Linear(units, self.out_channels))
         self.head = nn.Linear(latent, num_classes) if num_classes else None
 
-    def posterior(self, batch: SeriesBatch, t_ref: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-variance ``(B, latent)`` of ``q(z0 | x)`` at ``t_ref`` (default: first observation)."""
+    def posterior(self, batch: SeriesBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance ``(B, latent)`` of ``q(z0 | x)``: the latent state at the start of
+        the decoded window (:meth:`decoder_grid`), from the encoder's state at the first observation."""
         self._start(batch)
         ev = merge_events(batch)
         h, _ = self.encoder._scan(ev, reverse=True)  # the state at each series' first time
-        if t_ref is not None:
-            h = self.encoder._advance(h, batch.times[:, 0], t_ref, {})
         mean, logvar = self.to_posterior(h).chunk(2, -1)
         return mean, logvar.clamp(-10, 10)
 
@@ -92,16 +98,20 @@ class LatentODE(AbstractSeriesModel):
     def decoder_grid(self, batch: SeriesBatch, query_times: torch.Tensor, query_lengths=None):
         """The decoder's per-sample grid ``(B, 1 + E)`` and where the queries lie in it ``(B, Q)``.
 
-        The grid is ``t_ref`` (the earlier of the first observation and the first query)
-        followed by the observation and query times merged by time: the decoder passes
-        through the observation times, so its fixed steps stay as short as the data's gaps.
-        (With only ``[t_ref, queries]`` an extrapolation's first gap spans the whole observed
-        half in ONE rk4 step, far outside rk4's stability region for the sines' frequencies:
-        the decoder could not learn an oscillation, and the model predicted the mean.)
+        ``z0`` is the latent state at ``t_ref``, each series' earliest query time (as in
+        Rubanova et al.'s code, whose decoder solve starts at the first time to predict). The
+        grid is ``t_ref`` followed by the observation and query times merged by time, the
+        times before ``t_ref`` raised to it (identity steps): for interpolation the decoder
+        passes through the observation times, so its fixed steps stay as short as the data's
+        gaps; for extrapolation it starts where the predictions start.
+
+        (With ``t_ref`` at the first observation, an extrapolation's decoder had to unroll the
+        latent oscillator over the whole observed half before its first target, and the
+        model only learnt to predict the mean: see docs/timeseries.md.)
         """
         ev = merge_events(batch, query_times, query_lengths)
-        t_ref = torch.minimum(batch.times[:, 0], query_times[:, 0].to(batch.times.dtype))
-        return torch.cat([t_ref[:, None], ev.times], 1), ev.qpos + 1
+        t_ref = query_times.to(batch.times.dtype).min(1).values[:, None]  # padded queries repeat a real one
+        return torch.cat([t_ref, torch.maximum(ev.times, t_ref)], 1), ev.qpos + 1
 
     def decode(self, z0: torch.Tensor, grid: torch.Tensor, qpos: torch.Tensor) -> torch.Tensor:
         """Predictions ``(B, Q, out)`` from ``z0`` ``(B, latent)`` at ``grid[:, 0]``, read at the grid
@@ -112,7 +122,7 @@ class LatentODE(AbstractSeriesModel):
     def predict(self, batch: SeriesBatch, query_times: torch.Tensor, query_lengths=None) -> torch.Tensor:
         """Predictions ``(B, Q, out)`` decoded from the posterior mean."""
         grid, qpos = self.decoder_grid(batch, query_times, query_lengths)
-        mean, _ = self.posterior(batch, grid[:, 0])
+        mean, _ = self.posterior(batch)
         return self.decode(mean, grid, qpos)
 
     def current_kl_weight(self) -> float:
@@ -124,7 +134,7 @@ class LatentODE(AbstractSeriesModel):
     def regression_loss(self, batch: SeriesBatch, target: SeriesBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(-ELBO averaged over series, mean prediction at the targets (B, Q, out))``."""
         grid, qpos = self.decoder_grid(batch, target.times, target.lengths)
-        mean, logvar = self.posterior(batch, grid[:, 0])
+        mean, logvar = self.posterior(batch)
         S, (B, L) = self.n_samples, mean.shape
         std = (0.5 * logvar).exp()
         z0 = (mean + std * torch.randn(S, B, L, dtype=mean.dtype, device=mean.device)).reshape(S * B, L)
