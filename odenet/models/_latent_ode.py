@@ -1,6 +1,7 @@
 """Latent ODE (Rubanova et al. 2019): an ODE-RNN encoder run backwards in time gives a Gaussian
-posterior over the initial latent state ``z0``; an ODE decoder evolves ``z0`` to every query
-time of each series (one solve over its observation and query times merged); trained on the
+posterior over the initial latent state ``z0``, the state at each series' earliest query time;
+an ODE decoder evolves ``z0`` to every query time of each series (one solve over its
+observation and query times merged, those before ``z0``'s time raised to it); trained on the
 ELBO.
 
 ``ELBO = E_q[log p(x | z0)] - KL(q(z0 | x) || N(0, I))`` with a Gaussian observation model
