@@ -103,8 +103,9 @@ def _epsilon_list(text: str) -> list[float]:
 def _common(p: argparse.ArgumentParser, compare: bool = False) -> None:
     """The options ``train`` and ``compare`` share; ``compare`` has its own defaults (its help says them)."""
     d = dict(batch=32, lr="2e-2", width=16, expansion=0.0, sn="on", head="flatten", sched="onecycle",
-                  ls=0.1) if compare \
-        else dict(batch=64, lr="3e-3", width=32, expansion=2.0, sn="off", head="pool", sched="constant", ls=0.0)
+                  ls=0.1, kin="1e-4") if compare \
+        else dict(batch=64, lr="3e-3", width=32, expansion=2.0, sn="off", head="pool", sched="constant", ls=0.0,
+                  kin="0: off")
     p.add_argument("--data", default="digits", choices=_DATASETS,
                    help="dataset (default: digits, scikit-learn's bundled 8x8 images)")
     p.add_argument("--epochs", type=_positive_int, help="number of epochs")
@@ -135,7 +136,7 @@ def _common(p: argparse.ArgumentParser, compare: bool = False) -> None:
     p.add_argument("--label-smoothing", type=_label_smoothing, default=None,
                    help=f"label smoothing of the training loss, in [0, 1) (default {d['ls']})")
     p.add_argument("--kinetic", type=_nonneg_float, default=None,
-                   help="weight of the kinetic-energy penalty int |f|^2 dt (default 0: off)")
+                   help=f"weight of the kinetic-energy penalty int |f|^2 dt (default {d['kin']})")
     p.add_argument("--jacobian-reg", type=_nonneg_float, default=None,
                    help="weight of the Jacobian-Frobenius penalty int |df/dx|_F^2 dt (default 0: off)")
 

@@ -194,9 +194,9 @@ def test_compare_cli_defaults_are_the_config_defaults(monkeypatch, tmp_path):
             g, w = getattr(got, f.name), getattr(want, f.name)
             assert (list(g) == list(w)) if isinstance(w, tuple) else g == w, f.name
     assert (want.batch_size, want.lr, want.spectral_norm, want.expansion, want.head, want.lr_schedule,
-            want.label_smoothing) == (32, 2e-2, True, 0.0, "flatten", "onecycle", 0.1)
+            want.label_smoothing, want.kinetic) == (32, 2e-2, True, 0.0, "flatten", "onecycle", 0.1, 1e-4)
     text = build_parser()._subparsers._group_actions[0].choices["compare"].format_help()
-    for phrase in ("(default 32)", "(default 2e-2)", "(default 0.1)", "default on)", "(default 0.0)", "(default flatten)",
+    for phrase in ("(default 32)", "(default 2e-2)", "(default 0.1)", "(default 1e-4)", "default on)", "(default 0.0)", "(default flatten)",
                    "(default onecycle)", "--no-spectral-norm"):
         assert phrase in " ".join(text.split()), phrase
     # a flag given overrides the default
