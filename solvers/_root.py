@@ -235,13 +235,19 @@ class Newton(AbstractRootFinder):
 
     def _factor(self, js: _JacobianState, gamma):
         """LU of ``I - J_G`` (in float32 for half-precision states); records which samples'
-        matrices are singular (exactly zero pivot) in ``js.info``."""
+        matrices are singular (exactly zero pivot) or not finite in ``js.info``."""
         J = js.J if _same(gamma, js.gamma_j) else _rescale(js.J, gamma, js.gamma_j)
         J = J.to(work_dtype(J.dtype))
         n = J.shape[1]
-        lu, piv, info = torch.linalg.lu_factor_ex(torch.eye(n, dtype=J.dtype, device=J.device) - J)
+        eye = torch.eye(n, dtype=J.dtype, device=J.device)
+        # A non-finite Jacobian (NaN or inf entries: a field not differentiable there) has no
+        # LU: LAPACK's pivots come back invalid and lu_solve raises. Such a sample factors
+        # the identity instead and is flagged like a singular one (it fails, named, at the
+        # first step; no extra host read: the flag is read with the norms).
+        finite = torch.isfinite(J).flatten(1).all(1)
+        lu, piv, info = torch.linalg.lu_factor_ex(torch.where(finite[:, None, None], eye - J, eye))
         js.lu = (lu, piv)
-        js.info = info  # (B,) int, > 0 where a pivot is exactly zero
+        js.info = torch.where(finite, info, torch.ones_like(info))  # (B,) int, > 0: no Newton step
         js.gamma_lu = gamma
 
     def _iterate(self, eq, x0, tol, stats, js: _JacobianState, gamma):

@@ -96,3 +96,21 @@ def test_auto_chooses_by_memory():
     m = solvers.METHODS["implicit_euler"]()
     assert m.root_finder_for(torch.empty(2000, 100, dtype=D)).name == "newton_krylov"
     assert m.root_finder_for(torch.empty(20, 100, dtype=D)).name == "newton"
+
+
+
+def test_dense_newton_flags_a_non_finite_jacobian_instead_of_factoring_it():
+    """A NaN in one sample's Jacobian: that sample is flagged (no Newton step; it fails by
+    name) and its factor is the identity's, so lu_solve never sees LAPACK's invalid pivots;
+    the other sample's LU is the true one."""
+    from solvers._root import Newton, _JacobianState
+
+    J = torch.tensor([[[0.2, 0.1], [0.0, 0.3]], [[float("nan"), 0.0], [0.0, 0.1]]], dtype=torch.float64)
+    js = _JacobianState(torch.zeros(2, 2, dtype=torch.float64))
+    js.J, js.gamma_j = J, 1.0
+    Newton()._factor(js, 1.0)
+    assert js.info.tolist()[0] == 0 and js.info.tolist()[1] > 0
+    b = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)
+    x = torch.linalg.lu_solve(js.lu[0], js.lu[1], b[:, :, None])[:, :, 0]
+    torch.testing.assert_close(x[0], torch.linalg.solve(torch.eye(2, dtype=torch.float64) - J[0], b[0]))
+    assert torch.isfinite(x).all()
