@@ -41,21 +41,14 @@ def worker(mode: str, steps: int, batch: int, width: int, dim: int) -> dict:
 
     import solvers
 
+    from .bench_fixed import net_field
+
     torch.manual_seed(0)
     torch.set_num_threads(1)
     net = torch.nn.Sequential(
         torch.nn.Linear(dim, width), torch.nn.Tanh(), torch.nn.Linear(width, width), torch.nn.Tanh(), torch.nn.Linear(width, dim)
     )
-
-    class Field(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.net = net
-
-        def forward(self, t, y):
-            return self.net(y)
-
-    f = Field()
+    f = net_field(net)
     y0 = torch.randn(batch, dim, requires_grad=True)
     t = torch.tensor([0.0, 1.0])
     opts = dict(step_size=1.0 / steps)
