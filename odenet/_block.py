@@ -78,6 +78,20 @@ def _sum_stats(parts: List[solvers.Stats]) -> solvers.Stats:
     return total
 
 
+class _Replay:
+    """An :class:`ODEBlock`'s record of its latest plain fixed-step solve (solvers._replay):
+    the configuration dict and field it was made with and, for a layerwise field whose
+    blocks are plain ``block(x)`` calls, the block of every step and the field's
+    :meth:`~odenet.LayerwiseField.structure` they are valid for."""
+
+    __slots__ = ("cfg", "field", "replay", "calls", "structure")
+
+    def __init__(self, cfg: dict, field: nn.Module, replay):
+        self.cfg, self.field, self.replay = cfg, field, replay
+        self.calls = field.step_blocks(replay.times) if isinstance(field, LayerwiseField) else None
+        self.structure = field.structure() if self.calls is not None else None
+
+
 class ODEBlock(nn.Module):
     """Integrate ``dx/dt = field(t, x)`` from ``t = 0`` to ``t1``; return ``x(t1)``.
 
@@ -135,8 +149,8 @@ class ODEBlock(nn.Module):
         self._opts_for: Optional[dict] = None  # the _cfg that _opts was built for
         self._params: List[tuple] = []  # _parametrized(field), walked at _TREE_VERSION _params_at
         self._params_at = -1
-        self._single: tuple = (None, None, False)  # (_cfg, field, _single_solve_check(...))
-        self._replay: Optional[tuple] = None  # (_cfg, solvers._replay.PlainReplay) of the latest plain solve
+        self._single: tuple = (None, None, 0, False)  # (_cfg, field, len(field), _single_solve_check(...))
+        self._replay: Optional[_Replay] = None  # the latest plain solve, re-run by _forward
         if t1 is None:
             t1 = field.t1 if isinstance(field, LayerwiseField) else 1.0
         self.configure(method=method, t1=t1, steps=steps, rtol=rtol, atol=atol, gradient=gradient, options=options)
@@ -309,10 +323,11 @@ class ODEBlock(nn.Module):
         """Whether a LayerwiseField can be integrated in one solve without mixing blocks
         (remembered per configuration and field)."""
         cfg, field = self._cfg, self.field
-        if self._single[0] is cfg and self._single[1] is field:
-            return self._single[2]
+        single = self._single
+        if single[0] is cfg and single[1] is field and single[2] == len(field):
+            return single[3]
         ok = self._single_solve_check(cls)
-        self._single = (cfg, field, ok)
+        self._single = (cfg, field, len(field), ok)
         return ok
 
     def _single_solve_check(self, cls) -> bool:
@@ -435,6 +450,12 @@ class ODEBlock(nn.Module):
             return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        rec = self.__dict__.get("_replay")
+        if (rec is not None and rec.cfg is self._cfg and rec.replay.matches_state(x)
+                and not torch.compiler.is_compiling()):
+            y = self._replayed(rec, x)
+            if y is not None:
+                return self._check_finite(x, y)
         x0 = x
         cls = solvers.METHODS[self._cfg["method"]]
         field = self.field
@@ -449,18 +470,29 @@ class ODEBlock(nn.Module):
             self._stats = stats
             return self._check_finite(x0, x)
         func = field.as_function() if isinstance(field, LayerwiseField) else field
-        rep = self.__dict__.get("_replay")
-        if rep is not None and not torch.compiler.is_compiling() and rep[0] is self._cfg and rep[1].matches(func, x):
-            # the same plain solve as last time (same settings, function, shape, dtype and
-            # device): re-run its loop without rebuilding the problem (solvers._replay)
-            y, stats = rep[1].run(x)
-            self.__dict__["_stats"] = [stats]
-            return self._check_finite(x0, y)
         sol = self._solve(func, field, x, 0.0, self._cfg["t1"], cls)
         self.__dict__["_stats"] = [sol.stats]  # (a plain attribute: skips nn.Module.__setattr__)
         replay = getattr(sol, "_replay", None)
-        self.__dict__["_replay"] = None if replay is None else (self._cfg, replay)
+        self.__dict__["_replay"] = None if replay is None else _Replay(self._cfg, field, replay)
         return self._check_finite(x0, sol.ys[-1])
+
+    def _replayed(self, rec: "_Replay", x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The remembered plain solve re-run from ``x`` (solvers._replay), or None when the
+        field is no longer the function it recorded (then the caller solves afresh)."""
+        field = self._modules["field"]
+        if rec.field is not field:
+            return None
+        if rec.structure is not None:  # a layerwise field's blocks, called without the time lookup
+            if field.structure() != rec.structure:
+                return None
+            y, stats = rec.replay.run(x, rec.calls)
+        else:
+            func = field.as_function() if isinstance(field, LayerwiseField) else field
+            if func is not rec.replay.func:
+                return None
+            y, stats = rec.replay.run(x)
+        self.__dict__["_stats"] = [stats]
+        return y
 
     def extra_repr(self) -> str:
         cfg = self._cfg

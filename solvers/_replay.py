@@ -37,20 +37,35 @@ class PlainReplay:
 
     def matches(self, func, y0: torch.Tensor) -> bool:
         """Whether :meth:`run` on ``(func, y0)`` repeats the recorded solve."""
-        return (func is self.func and y0.shape == self.shape and y0.dtype == self.dtype
-                and y0.device == self.device)
+        return func is self.func and self.matches_state(y0)
 
-    def run(self, y0: torch.Tensor):
+    def matches_state(self, y0: torch.Tensor) -> bool:
+        """Whether ``y0`` has the recorded solve's shape, dtype and device."""
+        return y0.shape == self.shape and y0.dtype == self.dtype and y0.device == self.device
+
+    def run(self, y0: torch.Tensor, calls=None):
         """``(y(t1), stats)`` from ``y0``, as the recorded solve computes it.
 
-        The field's output is checked for shape at every call, as the loop does (its dtype
-        was checked on the recorded solve's first call).
+        ``calls``, if given, holds one callable per step with ``calls[i](y) == func(t_i, y)``
+        (a caller that knows what its function does at each stage time, such as a layerwise
+        field's blocks, saves the time lookup per step). The field's output is checked for
+        shape at every call, as the loop does (its dtype was checked on the recorded solve's
+        first call).
         """
-        func, shape, y, n = self.func, self.shape, y0, len(self.times)
-        for t, a in zip(self.times, self.alphas):
-            k = func(t, y)
-            if not isinstance(k, torch.Tensor) or k.shape != shape:
-                check_field_output(k, y)
-            y = y + k if a == 1.0 else torch.add(y, k, alpha=a)
-            k = None
+        shape, y, n = self.shape, y0, len(self.times)
+        if calls is None:
+            func = self.func
+            for t, a in zip(self.times, self.alphas):
+                k = func(t, y)
+                if not isinstance(k, torch.Tensor) or k.shape != shape:
+                    check_field_output(k, y)
+                y = y + k if a == 1.0 else torch.add(y, k, alpha=a)
+                k = None
+        else:
+            for call, a in zip(calls, self.alphas):
+                k = call(y)
+                if not isinstance(k, torch.Tensor) or k.shape != shape:
+                    check_field_output(k, y)
+                y = y + k if a == 1.0 else torch.add(y, k, alpha=a)
+                k = None
         return y, Stats(n_f_evals=n, n_steps=n, n_accepted=n)

@@ -213,6 +213,30 @@ def test_layerwise_calls_block_of_the_interval():
     assert len(list(f.parameters())) == 6  # pieces are not registered twice
 
 
+@pytest.mark.parametrize("interpolation", ["constant", "linear"])
+def test_layerwise_follows_replaced_and_added_blocks(interpolation):
+    """The module call, as_function(), piece() and step_blocks() agree after a block is
+    replaced or appended (the pieces are rebuilt, the new block's signature detected)."""
+    blocks = _blocks(3)
+    f = LayerwiseField(blocks, t1=3.0, interpolation=interpolation)
+    x = torch.randn(2, 3)
+    f(_t(0.5), x), f.piece(1)  # build and use everything once
+    new = nn.Linear(3, 3)
+    f.blocks[1] = new
+    f.blocks.append(nn.Linear(3, 3))
+    f.t1 = 4.0
+    for k in range(4):
+        want = f.blocks[k](x)
+        assert torch.equal(f(_t(k), x), want)
+        assert torch.equal(f.as_function()(_t(k), x), want)
+        assert torch.equal(f.piece(k)(_t(k), x), want)
+    assert f.piece(1)(_t(1.0), x).equal(new(x))
+    assert f.takes_time == [False] * 4
+    steps = f.step_blocks([_t(k) for k in range(4)])
+    assert steps == (None if interpolation == "linear" else tuple(f.blocks))
+    assert len(list(f.parameters())) == 8
+
+
 def test_layerwise_time_taking_blocks():
     fields = [MLPField(2, hidden=4, time="concat") for _ in range(2)]
     f = LayerwiseField(fields, t1=2.0)

@@ -102,6 +102,70 @@ def test_layerwise_resnet_replay_is_the_hand_written_loop(monkeypatch):
     assert torch.equal(y, h)
 
 
+def _layerwise_block(n=3, d=8):
+    torch.manual_seed(1)
+    blocks = [nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d)) for _ in range(n)]
+    return odenet.ODEBlock(odenet.LayerwiseField(blocks, t1=n), method="euler", steps=n)
+
+
+def _resnet(blocks, h):
+    for b in blocks:
+        h = h + b(h)
+    return h
+
+
+@pytest.mark.parametrize("change", ["replace", "append", "t1", "takes_time"])
+def test_layerwise_replay_follows_changed_blocks(monkeypatch, change):
+    """The replay calls a layerwise field's blocks directly; any change to which block a
+    step selects (a replaced or added block, t1, the call signature) is seen."""
+    block = _layerwise_block()
+    field = block.field
+    x = torch.randn(4, 8)
+    block(torch.randn(4, 8))
+    assert block._replay.calls is not None  # the direct-call record
+    if change == "replace":
+        field.blocks[1] = nn.Sequential(nn.Linear(8, 8), nn.Sigmoid(), nn.Linear(8, 8))
+        want = _resnet(list(field.blocks), x)
+    elif change == "append":
+        field.blocks.append(nn.Linear(8, 8))
+        field.t1 = 4.0
+        block.configure(t1=4.0, steps=4)
+        want = _resnet(list(field.blocks), x)
+    elif change == "t1":
+        field.t1 = 6.0  # each block now owns two units of time: the first 3 steps use blocks 0, 0, 1
+        b = list(field.blocks)
+        want = _resnet([b[0], b[0], b[1]], x)
+    else:
+        field.takes_time = [True, False, False]
+        field.blocks[0] = _TimeBlock(field.blocks[0])
+        want = _resnet([lambda h: field.blocks[0].inner(h) * 2.0, *list(field.blocks)[1:]], x)
+    y = block(x)
+    assert torch.equal(y, want)
+    calls = _count_solves(monkeypatch)
+    assert torch.equal(block(x), want)  # replayed again, now from the new record
+    assert len(calls) == 0
+    assert (block._replay.calls is None) == (change == "takes_time")
+
+
+class _TimeBlock(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, t, x):
+        return self.inner(x) * (2.0 + 0.0 * t)
+
+
+def test_layerwise_replay_runs_block_hooks():
+    block = _layerwise_block()
+    seen = []
+    block.field.blocks[2].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    x = torch.randn(4, 8)
+    block(x)
+    block(x)
+    assert seen == [torch.Size([4, 8])] * 2
+
+
 @pytest.mark.parametrize("change", ["shape", "dtype", "configure", "field"])
 def test_anything_changed_takes_the_general_path(monkeypatch, change):
     block = _block()

@@ -231,6 +231,7 @@ class LayerwiseField(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.t1 = float(t1)
         self.interpolation = interpolation
+        self._takes_time_arg = takes_time
         self.takes_time = [(_takes_time(b) if takes_time is None else bool(takes_time)) for b in blocks]
         if interpolation != "constant":
             self.check_identical(f"interpolation={interpolation!r}")
@@ -242,6 +243,7 @@ class LayerwiseField(nn.Module):
         if init is not None:
             self._initialise(init)
         self._pieces = self._build_pieces()
+        self._pieces_for = self.structure()
         self._memo: dict = {}  # id(t) -> (t, t._version, block index), "n" -> blocks; see _block_of
 
     def __getstate__(self):  # copies and pickles start with an empty memo (see _block_of)
@@ -255,6 +257,7 @@ class LayerwiseField(nn.Module):
             state = dict(state, _t1=state.pop("t1"))
         super().__setstate__(state)
         self.__dict__.setdefault("_memo", {})
+        self.__dict__.setdefault("_pieces_for", None)  # (pickled before pieces were rebuilt on change)
 
     @property
     def t1(self) -> float:
@@ -265,6 +268,14 @@ class LayerwiseField(nn.Module):
     def t1(self, value) -> None:
         self.__dict__["_t1"] = value
         self.__dict__.setdefault("_memo", {}).clear()
+
+    def _current_pieces(self) -> list:
+        """The pieces, rebuilt if a block was replaced or added since they were built."""
+        self._fresh_memo()  # (extends takes_time to added blocks)
+        now = self.structure()
+        if now != self._pieces_for:
+            self.__dict__["_pieces"], self.__dict__["_pieces_for"] = self._build_pieces(), now
+        return self._pieces
 
     def _build_pieces(self) -> list:
         n, h = len(self.blocks), self.t1 / len(self.blocks)
@@ -349,7 +360,7 @@ class LayerwiseField(nn.Module):
         """The field on interval ``k`` alone, ``(t, x) -> dx`` (not registered twice): block
         ``k`` (``"constant"``) or the interpolation between blocks ``k`` and ``k + 1``."""
         self.interval(k)  # range check
-        return self._pieces[k]
+        return self._current_pieces()[k]
 
     def index(self, t) -> int:
         """The block owning time ``t`` (a float or a scalar tensor; one host sync)."""
@@ -371,7 +382,17 @@ class LayerwiseField(nn.Module):
         if memo.get("n") != len(self.blocks):
             memo.clear()
             memo["n"] = len(self.blocks)
+            self._sync_takes_time()
         return memo
+
+    def _sync_takes_time(self) -> None:
+        """Give blocks added after construction their ``takes_time`` entry (as the
+        constructor would have), and drop the entries of removed ones."""
+        tt, blocks = self.takes_time, list(self.blocks)
+        if len(tt) != len(blocks):
+            forced = self.__dict__.get("_takes_time_arg")
+            self.takes_time = [tt[i] if i < len(tt) else (_takes_time(b) if forced is None else bool(forced))
+                               for i, b in enumerate(blocks)]
 
     def _remember(self, t) -> int:
         """:meth:`index` of ``t``, stored in the memo when ``t`` can be (see :meth:`_block_of`)."""
@@ -402,7 +423,12 @@ class LayerwiseField(nn.Module):
         return self._remember(t)
 
     def forward(self, t, x: torch.Tensor) -> torch.Tensor:
-        return self._pieces[self._block_of(t)](t, x)
+        if self.interpolation != "constant":
+            pieces = self._current_pieces()
+            return pieces[self._block_of(t)](t, x)
+        k = self._block_of(t)
+        block = self.blocks[k]
+        return block(t, x) if self.takes_time[k] else block(x)
 
     def as_function(self):
         """This field as a plain function ``f(t, x)`` (no ``nn.Module`` call overhead).
@@ -414,10 +440,10 @@ class LayerwiseField(nn.Module):
         the function is made).
         """
         if self.interpolation != "constant":
-            pieces, block_of = self._pieces, self._block_of
-            return lambda t, x: pieces[block_of(t)](t, x)
+            pieces, block_of = self._current_pieces, self._block_of
+            return lambda t, x: pieces()[block_of(t)](t, x)
+        memo = self._fresh_memo()  # (first: it extends takes_time to added blocks)
         mods, takes_time = self.blocks._modules, self.takes_time
-        memo = self._fresh_memo()
         made = self.__dict__.get("_function")  # the same function while nothing it captured changed
         if made is not None and made[0] is mods and made[1] is takes_time and made[2] == len(mods):
             return made[3]
@@ -431,6 +457,23 @@ class LayerwiseField(nn.Module):
 
         self.__dict__["_function"] = (mods, takes_time, len(mods), f)
         return f
+
+    def structure(self) -> tuple:
+        """What :meth:`step_blocks`' answer depends on: ``t1``, the interpolation, the blocks
+        (by identity) and how each is called. Equal tuples mean the same answer."""
+        return (self._t1, self.interpolation, tuple(self.blocks._modules.values()), tuple(self.takes_time))
+
+    def step_blocks(self, times) -> Optional[tuple]:
+        """The block each time in ``times`` selects, for a caller that calls it as ``block(x)``.
+
+        ``step_blocks(ts)[i](x) == self(ts[i], x)``. ``None`` where that does not hold for
+        a plain block call: ``interpolation="linear"``, or a block that takes ``(t, x)``.
+        Valid while :meth:`structure` is unchanged. :class:`odenet.ODEBlock` re-runs a
+        remembered Euler solve with them (no time lookup per step).
+        """
+        if self.interpolation != "constant" or any(self.takes_time):
+            return None
+        return tuple(self.blocks[self._block_of(t)] for t in times)
 
     def extra_repr(self) -> str:
         s = f"t1={self.t1}, blocks={len(self.blocks)}"
