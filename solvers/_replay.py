@@ -27,13 +27,28 @@ class PlainReplay:
     times (tensors, as the field saw them) and the step weights ``a_i = h_i c``.
     """
 
-    __slots__ = ("func", "times", "alphas", "shape", "dtype", "device")
+    __slots__ = ("func", "_grid", "_times", "_alphas", "shape", "dtype", "device")
 
     def __init__(self, func, step_ts, hs, c: float, n: int, y0: torch.Tensor):
-        self.func = func
-        self.times = tuple(step_ts[i][0] for i in range(n))
-        self.alphas = tuple(hs[i] * c for i in range(n))
+        # every plain solve makes one; the step tuples are built when first needed
+        self.func, self._grid, self._times, self._alphas = func, (step_ts, hs, c, n), None, None
         self.shape, self.dtype, self.device = y0.shape, y0.dtype, y0.device
+
+    @property
+    def times(self) -> tuple:
+        """The time tensor the field saw at each step."""
+        if self._times is None:
+            step_ts, _, _, n = self._grid
+            self._times = tuple(step_ts[i][0] for i in range(n))
+        return self._times
+
+    @property
+    def alphas(self) -> tuple:
+        """Each step's weight ``a_i = h_i c`` of ``y + a_i f(t_i, y)``."""
+        if self._alphas is None:
+            _, hs, c, n = self._grid
+            self._alphas = tuple(hs[i] * c for i in range(n))
+        return self._alphas
 
     def matches(self, func, y0: torch.Tensor) -> bool:
         """Whether :meth:`run` on ``(func, y0)`` repeats the recorded solve."""
