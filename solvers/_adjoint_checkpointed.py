@@ -183,6 +183,12 @@ def _backward(bw: _Backward, ys, t_int, grad_ys, saved, need_t: bool):
 
 def checkpointed_adjoint_runner(prob: Problem) -> Outcome:
     """The ``gradient="checkpointed_adjoint"`` mode (see the module docstring)."""
+    if prob.t.ndim == 2:
+        # its store keeps one state per accepted step of the batch, but on a per-sample grid
+        # every sample accepts and rejects on its own
+        raise ValueError("gradient='checkpointed_adjoint' (odeint_adjoint's adjoint_mode='checkpointed') does not run on a per-sample `t` of shape [B, T] yet; "
+                         "use gradient='adjoint' (per-sample backward solves), 'checkpoint' or 'direct', "
+                         "or a shared 1-D `t`")
     params = resolve_params(prob)
     opts = dict(prob.gradient_options)
     if opts.pop("rebuild_tol", None) is not None:

@@ -14,7 +14,7 @@ from ._controller import AbstractController, IController, PIController
 from ._integrate import LoopConfig, Outcome, integrate, rms_norm
 from ._compile import compiling, traceable_fixed
 from ._grids import check_t_batched
-from ._implicit import AbstractESDIRK
+from ._implicit import _ESDIRKMixin
 from ._problem import VectorField, adaptive_tols, nonfinite_y0, check_t, check_tol, check_y0, split_state, unflatten_outputs
 from ._registry import get_method
 from ._replay import PlainReplay
@@ -190,10 +190,11 @@ def _check_control_dtype(dtype, y0) -> None:
 
 def _check_batched_config(method: AbstractSolver, cfg: LoopConfig, options: dict) -> None:
     """Options that a per-sample grid does not support are refused by name."""
-    if method.implicit and (method.adaptive or not isinstance(method, AbstractESDIRK)):
+    if method.implicit and not isinstance(method, _ESDIRKMixin):
         raise ValueError(
-            f"implicit method {method.name!r} does not run on a per-sample `t` of shape [B, T] yet; the fixed-step "
-            "ESDIRK methods do (implicit_euler, implicit_midpoint, trapezoid, sdirk2), and explicit methods; or use a shared 1-D `t`"
+            f"implicit method {method.name!r} does not run on a per-sample `t` of shape [B, T] yet; the ESDIRK methods "
+            "do (implicit_euler, implicit_midpoint, trapezoid, sdirk2; adaptive: kvaerno3, kvaerno5, trbdf2), and explicit "
+            "methods; or use a shared 1-D `t`"
         )
     for key in ("step_t", "jump_t", "grid_constructor"):
         if options.get(key) is not None:

@@ -23,7 +23,7 @@ from ._solution import NonFiniteStateError, Status
 
 __all__ = ["adaptive_batched", "interpolate_batched"]
 
-_CODES = {1: Status.STEP_SIZE_UNDERFLOW, 2: Status.NON_FINITE, 3: Status.MAX_STEPS}
+_CODES = {1: Status.STEP_SIZE_UNDERFLOW, 2: Status.NON_FINITE, 3: Status.MAX_STEPS, 4: Status.ROOT_FINDER}
 
 
 def _per_sample_norm(cfg) -> Callable:
@@ -159,7 +159,7 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
     tn = t0
     y = y0
     n_steps = torch.zeros(B, dtype=torch.long, device=dev)
-    code, failed_at = 0, None
+    code, failed_at, root_info = 0, None, None
     while True:
         tn_d = tn.detach()
         land = tn_d + h >= t_end_d
@@ -179,8 +179,9 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
                 ratio = method.error_ratio(res, scale, norm) if _has_batch_ratio(method) else norm(res.error.detach() / scale)
                 ratio = ratio.to(torch.float64)
                 ratio = torch.nan_to_num(ratio, nan=math.inf, posinf=math.inf, neginf=math.inf)  # non-finite -> inf
-            else:
+            else:  # an implicit stage did not converge: the step is rejected for every sample
                 ratio = torch.full((B,), math.inf, dtype=torch.float64, device=dev)
+                root_info = res.info
             accepted = running & (ratio <= 1.0)
             rejected = running & ~accepted
         n_steps += running
@@ -219,7 +220,7 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
             if stuck is not None:
                 under = under | stuck
             nonfin = under & (ratio == math.inf)  # (non-finite ratios are inf by now)
-            codes = torch.where(nonfin, 2, under.to(torch.long))
+            codes = torch.where(nonfin, 4 if not res.ok else 2, under.to(torch.long))
             if stats.n_steps >= cfg.max_num_steps:  # no sample has taken more steps than the batch
                 codes = torch.where(live & (n_steps >= cfg.max_num_steps), 3, codes)
             n_run, k_max, code = torch.stack([live.sum(), cnt.max(), codes.max()]).tolist()  # the one sync
@@ -264,6 +265,8 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
         return Outcome(ys, h_next=h)
     status = _CODES[int(code)]
     bad = torch.nonzero(failed_at == code)[:, 0].tolist()
+    if status is Status.ROOT_FINDER and root_info and root_info.get("samples"):
+        bad = root_info["samples"]  # the samples whose implicit solve failed (every sample's step was rejected)
     b = bad[0]
     reached = int(j_next.min())
     tb = float(tn.detach()[b])
@@ -271,6 +274,8 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
         Status.MAX_STEPS: f"sample {b} took {int(n_steps[b])} steps",
         Status.STEP_SIZE_UNDERFLOW: f"the step size of sample {b} fell to {float(h_new[b]):.3g}",
         Status.NON_FINITE: f"sample {b} became non-finite",
+        Status.ROOT_FINDER: f"the implicit solve of sample {b} kept failing until the step sizes could shrink no more"
+        + (" (" + ", ".join(f"{k}={v}" for k, v in root_info.items() if k != "samples") + ")" if root_info else ""),
     }[status]
     more = f" ({len(bad)} samples failed: {bad[:5]})" if len(bad) > 1 else ""
     return Outcome(ys[:reached], status, tb, f"{what}, stopped at t={-tb if cfg.reverse else tb:.6g}{more}", sample=b)

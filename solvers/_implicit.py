@@ -177,6 +177,8 @@ class _ESDIRKMixin(ImplicitOptions):
             if not res.ok:
                 info = {"stage": i, "root_finder": finder.name, "iterations": res.iterations, "residual": f"{res.residual:.3g}", "reason": res.reason,
                         "hint": alternatives(finder.name)}
+                if view.B > 1 and res.converged.shape[0] == view.B:
+                    info["samples"] = torch.nonzero(~res.converged)[:, 0].tolist()[:8]  # (first few; a sync only on failure)
                 return StepResult(y0, y0, f0, None, None, ks, h, ts, ok=False, info=info, func=func)
             ks.append((z - ci) / _nonzero(gamma))
         if self._stiffly_accurate:

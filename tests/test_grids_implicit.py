@@ -1,4 +1,4 @@
-"""Implicit fixed-step methods on per-sample time grids (``t`` ``[B, T]``): each sample takes
+"""Implicit methods on per-sample time grids (``t`` ``[B, T]``): each sample takes
 its own step size ``h_b`` (the root finders get a per-sample ``gamma = h a_ii``).
 
 References: the exact discrete solution of backward Euler on ``y' = lambda_b y``
@@ -117,9 +117,89 @@ def test_dense_output_per_sample():
         torch.testing.assert_close(sol.evaluate(tq)[:, b], one.evaluate(tq[b])[:, 0], rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("name,rtol,tol,reverse", [
+    # Newton's Jacobian refreshes differ batched and alone (see test_equals_separate_solves)
+    ("kvaerno3", 1e-5, 1e-9, False),  # observed 3.4e-10
+    ("trbdf2", 1e-5, 1e-9, True),  # 1.6e-10
+    ("kvaerno5", 1e-8, 1e-8, False),  # 2.5e-9
+    ("kvaerno5", 1e-8, 1e-8, True),  # 1.1e-9
+])
+def test_adaptive_esdirk_equals_separate_solves(name, rtol, tol, reverse):
+    """Adaptive implicit methods: every sample its own step size and accept/reject."""
+    t, y0 = grid()
+    t = -t if reverse else t
+    sol = solvers.solve(field, y0, t, method=name, rtol=rtol, atol=rtol, options=TIGHT)
+    for b, L in enumerate(lengths_of(t)):
+        one = solvers.solve(field, y0[b : b + 1], t[b, :L], method=name, rtol=rtol, atol=rtol, options=TIGHT)
+        torch.testing.assert_close(sol.ys[:L, b], one.ys[:, 0], rtol=0, atol=tol)
+        torch.testing.assert_close(sol.ys[L:, b], one.ys[-1:, 0].expand(t.shape[1] - L, 2), rtol=0, atol=tol)
+        assert int(sol.stats.sample_accepted[b]) == one.stats.n_accepted
+
+
+def test_adaptive_esdirk_stiff_sample_does_not_slow_the_others():
+    """``y' = lambda_b y`` with one very stiff sample: the others take exactly the steps they
+    take without it, and every sample matches ``exp(lambda_b t)`` to its tolerance."""
+    t = torch.tensor([[0.0, 0.5, 1.0, 2.0]], dtype=F64).expand(4, 4).contiguous()
+    lam = torch.tensor([-0.5, -2.0, -1e4, -1.0], dtype=F64)
+    y0 = torch.ones(4, 1, dtype=F64)
+
+    def run(keep):
+        f = lambda s, y: lam[keep][:, None] * y  # noqa: E731
+        return solvers.solve(f, y0[keep], t[keep], method="kvaerno5", rtol=1e-8, atol=1e-10, options=TIGHT)
+
+    every = run(torch.arange(4))
+    mild = run(torch.tensor([0, 1, 3]))
+    assert every.stats.sample_accepted[[0, 1, 3]].tolist() == mild.stats.sample_accepted.tolist()
+    assert int(every.stats.sample_accepted[2]) > int(every.stats.sample_accepted[0])
+    exact = torch.exp(lam[None, :] * t.T)  # (T, B)
+    # kvaerno5's own global error at rtol 1e-8: 3.8e-7 on sample 0, as on a shared grid
+    torch.testing.assert_close(every.ys[..., 0], exact, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_adaptive_esdirk_gradients():
+    """Direct (implicit-function theorem) gradients equal the sum over separate solves; the
+    continuous adjoint (explicit backward method) agrees with them."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2)).to(F64)
+    f = lambda s, y: net(y) - y + torch.cos(s)[..., None]  # noqa: E731
+    t, y0 = grid(B=3)
+    kw = dict(method="kvaerno5", rtol=1e-8, atol=1e-8, options=TIGHT)
+    sol = solvers.solve(f, y0, t, **kw)
+    g = torch.autograd.grad((sol.ys ** 2).sum(), list(net.parameters()))
+    ref = [torch.zeros_like(p) for p in net.parameters()]
+    for b, L in enumerate(lengths_of(t)):
+        one = solvers.solve(f, y0[b : b + 1], t[b, :L], **kw)
+        lb = (one.ys ** 2).sum() + (t.shape[1] - L) * (one.ys[-1] ** 2).sum()
+        ref = [r + gp for r, gp in zip(ref, torch.autograd.grad(lb, list(net.parameters())))]
+    for a, r in zip(g, ref):
+        torch.testing.assert_close(a, r, rtol=1e-8, atol=1e-10)
+    adj = solvers.solve(f, y0, t, gradient="adjoint", params=list(net.parameters()),
+                        gradient_options=dict(method="dopri5", rtol=1e-10, atol=1e-10), **kw)
+    ga = torch.autograd.grad((adj.ys ** 2).sum(), list(net.parameters()))
+    for a, r in zip(ga, g):  # observed 1.2e-6 of the largest entry
+        torch.testing.assert_close(a, r, rtol=0, atol=5e-6 * float(r.abs().max()))
+
+
+def test_adaptive_esdirk_root_failure_names_the_sample():
+    """A sample whose implicit stage cannot converge at any allowed step: RootFinderError
+    naming it (not a non-finite state, not a step-size underflow of another sample)."""
+    lam = torch.tensor([-0.5, -2000.0], dtype=F64)
+    t = torch.tensor([[0.0, 1.0], [0.0, 1.0]], dtype=F64)
+    opts = dict(root_finder="fixed_point", max_iters=10, min_step=0.05)
+    with pytest.raises(solvers.RootFinderError, match=r"implicit solve of sample 1 kept failing.*fixed_point"):
+        solvers.solve(lambda s, y: lam[:, None] * y, torch.ones(2, 1, dtype=F64), t, method="kvaerno3", options=opts)
+    sol = solvers.solve(lambda s, y: lam[:, None] * y, torch.ones(2, 1, dtype=F64), t, method="kvaerno3", options=opts,
+                        raise_on_failure=False)
+    assert sol.status is solvers.Status.ROOT_FINDER and sol.stats.n_root_failures > 0
+
+
 def test_still_refused_by_name():
     t, y0 = grid(B=2, pad_row=None)
-    with pytest.raises(ValueError, match=r"'kvaerno5' does not run on a per-sample `t`.*implicit_euler"):
-        solvers.solve(field, y0, t, method="kvaerno5")
+    with pytest.raises(ValueError, match=r"'radau5' does not run on a per-sample `t`.*kvaerno5"):
+        solvers.solve(field, y0, t, method="radau5")
     with pytest.raises(ValueError, match=r"'gl4' does not run on a per-sample `t`"):
         solvers.solve(field, y0, t, method="gl4")
+    net = torch.nn.Linear(2, 2).to(F64)
+    with pytest.raises(ValueError, match=r"checkpointed_adjoint.*does not run on a per-sample `t`.*gradient='adjoint'"):
+        solvers.odeint_adjoint(lambda s, y: net(y), y0, t, adjoint_params=tuple(net.parameters()), adjoint_mode="checkpointed")
