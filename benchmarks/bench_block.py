@@ -24,6 +24,7 @@ import argparse
 import copy
 import os
 import platform
+import random
 import statistics
 import time
 
@@ -39,13 +40,17 @@ from ._report import RESULTS, parse_device, pyplot, save_figure, write_table
 
 
 def _interleaved(fns: dict, repeats: int, inner: int, desc: str) -> dict:
-    """Median seconds per call of each function, timed in alternation."""
+    """Median and best seconds per call of each function, timed in alternation (in a
+    fresh random order every repeat, so no function always runs after the same one)."""
     for fn in fns.values():  # warm-up
         for _ in range(3):
             fn()
     samples = {k: [] for k in fns}
+    order, rng = list(fns), random.Random(0)
     for _ in tqdm(range(repeats), desc=desc, leave=False, disable=None):
-        for k, fn in fns.items():
+        rng.shuffle(order)
+        for k in order:
+            fn = fns[k]
             t0 = time.perf_counter()
             for _ in range(inner):
                 fn()
