@@ -206,7 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--solvers", type=_name_list(_VIEWS), default=None,
                     help="comma-separated views every model is also evaluated under (default all)")
     cp.add_argument("--epsilons", type=_epsilon_list, default=None,
-                    help="FGSM sizes as fractions of the input range (default 0,0.02,0.05,0.1)")
+                    help="FGSM and PGD sizes as fractions of the input range (default 0,0.02,0.05,0.1)")
+    cp.add_argument("--pgd-steps", type=_nonneg_int, default=10,
+                    help="PGD steps at every non-zero epsilon (random start; default 10; 0 skips PGD)")
+    cp.add_argument("--pgd-points", type=_nonneg_int, default=128,
+                    help="size of the fixed test subset PGD attacks (default 128; 0 skips PGD)")
     cp.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
     cp.add_argument("--resume", action="store_true",
                     help="continue an interrupted compare in OUT: every view resumes from its own "
@@ -426,7 +430,8 @@ def _run_compare(args: argparse.Namespace) -> int:
               lr=args.lr, seed=args.seed, width=args.width, limit_train=args.limit_train,
               limit_test=args.limit_test, device=args.device, out=args.out, quiet=args.quiet,
               plots=not args.no_plots, field=args.field,
-              resume=args.resume, plain=not args.robust, **_training_options(args))
+              resume=args.resume, plain=not args.robust, pgd_steps=args.pgd_steps,
+              pgd_points=args.pgd_points, **_training_options(args))
     for key in ("spectral_norm", "expansion"):  # given: passed on; else the config's default
         if getattr(args, key) is not None:
             kw[key] = getattr(args, key)

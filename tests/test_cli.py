@@ -197,7 +197,8 @@ def test_compare_cli_defaults_are_the_config_defaults(monkeypatch, tmp_path):
             want.label_smoothing, want.kinetic) == (32, 2e-2, True, 0.0, "flatten", "onecycle", 0.1, 1e-4)
     text = build_parser()._subparsers._group_actions[0].choices["compare"].format_help()
     for phrase in ("(default 32)", "(default 2e-2)", "(default 0.1)", "(default 1e-4)", "default on)", "(default 0.0)", "(default flatten)",
-                   "(default onecycle)", "--no-spectral-norm"):
+                   "(default onecycle)", "--no-spectral-norm", "(random start; default 10; 0 skips PGD)",
+                   "(default 128; 0 skips PGD)"):
         assert phrase in " ".join(text.split()), phrase
     # a flag given overrides the default
     assert main(["compare", "--out", str(tmp_path / "d"), "--quiet", "--no-spectral-norm", "--expansion", "2",

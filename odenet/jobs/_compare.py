@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data._classification import DATASETS, DataBundle, load_dataset
+from ..data._classification import DATASETS, DataBundle, iterate_batches, load_dataset
 from .._io import check_out_dir, write_json
 from ..robustness._attacks import accuracy_vs_epsilon
+from ..robustness._pgd import pgd
 from ..training._views import SOLVER_KEYS, VIEWS, build_view_model, field_arch, solver_config_for
 from ..training._loop import CHECKPOINT_NAME, LR_SCHEDULES, TrainingError, fit
 from ..training._robust import DynamicsRegularizer, SolverSampler
@@ -59,7 +60,12 @@ class CompareConfig:
     limit_train, limit_test : int, optional
         Use only this many training/test samples (for quick runs).
     epsilons : sequence of float
-        FGSM sizes, as fractions of the input range.
+        FGSM and PGD sizes, as fractions of the input range.
+    pgd_steps, pgd_points : int
+        The PGD attack (l-infinity, random start, step ``2.5 eps / steps``; see
+        :func:`odenet.robustness.pgd`) at every non-zero epsilon: its number of steps and
+        the size of the fixed test subset it attacks (the first ``pgd_points`` test
+        inputs; ``odenet robustness`` runs the full protocol). 0 skips it.
     device : str
         ``"cpu"``, ``"cuda"`` or ``"auto"`` (default: CUDA where available).
     out : str
@@ -127,6 +133,8 @@ class CompareConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     epsilons: Sequence[float] = (0.0, 0.02, 0.05, 0.1)
+    pgd_steps: int = 10
+    pgd_points: int = 128
     device: str = "auto"
     out: str = "runs/compare"
     quiet: bool = False
@@ -162,6 +170,10 @@ class CompareConfig:
                           for e in eps):
             raise ValueError(f"epsilons must be FGSM sizes in [0, 1] (fractions of the input range), "
                              f"got {eps!r}")
+        for arg in ("pgd_steps", "pgd_points"):
+            v = getattr(self, arg)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{arg} must be an integer >= 0 (0 skips the PGD attack), got {v!r}")
         check_out_dir(self.out)
         field_arch(self.field, self.expansion)
         if self.lr_schedule not in LR_SCHEDULES:
@@ -282,6 +294,36 @@ def _cross_eval(model: nn.Module, data: DataBundle, own: dict, solvers_: Sequenc
     return accs, errors
 
 
+def pgd_accuracy(model: nn.Module, data: DataBundle, epsilons: Sequence[float], *, steps: int,
+                 n_points: int, seed: int = 0, batch_size: int = 128) -> dict:
+    """Accuracy under PGD at every non-zero epsilon (raw units) on the first ``n_points``
+    test inputs, attacked through the model's own solver: ``{str(eps): accuracy}``
+    (empty when ``steps`` or ``n_points`` is 0). The random starts come from a generator
+    seeded with ``seed``."""
+    eps = [e for e in epsilons if e > 0]
+    if not steps or not n_points or not eps:
+        return {}
+    x, y = data.x_test[:n_points], data.y_test[:n_points]
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    clamp = data.normalised_range()
+    was_training = model.training
+    model.eval()
+    out = {}
+    try:
+        for e in eps:
+            correct = 0
+            for xb, yb in iterate_batches(x, y, batch_size):
+                xb, yb = xb.to(device), yb.to(device)
+                x_adv = pgd(model, xb, yb, e / data.std, steps=steps, clamp=clamp, generator=gen)
+                with torch.no_grad():
+                    correct += int((model(x_adv).argmax(1) == yb).sum())
+            out[str(e)] = correct / len(y)
+    finally:
+        model.train(was_training)
+    return out
+
+
 def compare(config: CompareConfig | None = None, **kwargs: Any) -> dict:
     """Train one vector field under several solvers and compare them.
 
@@ -350,6 +392,8 @@ def compare(config: CompareConfig | None = None, **kwargs: Any) -> dict:
         mem, mem_method = peak_step_memory(model, data.x_train[:config.batch_size],
                                            data.y_train[:config.batch_size])
         fgsm = accuracy_vs_epsilon(model, data, config.epsilons)
+        pgd_acc = pgd_accuracy(model, data, config.epsilons, steps=config.pgd_steps,
+                               n_points=config.pgd_points, seed=config.seed)
         cross, cross_err = _cross_eval(model, data, own, solver_views, batch_size=256,
                                        known={view: hist[-1]["test_acc"]})
         results[view] = {
@@ -362,6 +406,7 @@ def compare(config: CompareConfig | None = None, **kwargs: Any) -> dict:
             "vjp_backward_per_batch": sum(r["vjp_backward"] for r in nb) / len(nb),
             "peak_memory_mib": mem,
             "fgsm": {str(e): a for e, a in zip(config.epsilons, fgsm)},
+            "pgd": pgd_acc,
             "cross_solver": cross,
             "cross_solver_errors": cross_err,
             "history": hist,
@@ -399,7 +444,11 @@ def compare(config: CompareConfig | None = None, **kwargs: Any) -> dict:
                                    out / "nfe_per_epoch.png")),
             str(plot_accuracy_vs_epsilon(
                 {v: {float(e): a for e, a in r["fgsm"].items()} for v, r in results.items()},
-                out / "accuracy_vs_epsilon.png")),
+                out / "accuracy_vs_epsilon.png",
+                dashed={v: {float(e): a for e, a in r["pgd"].items()} for v, r in results.items()
+                        if r["pgd"]},
+                labels=("FGSM", f"PGD-{config.pgd_steps}"),
+                title="Accuracy under FGSM (solid) and PGD (dashed)")),
             str(plot_cross_solver({v: r["cross_solver"] for v, r in results.items()},
                                   out / "cross_solver.png")),
         ]
@@ -420,9 +469,11 @@ def format_table(report: dict) -> str:
     """The one comparison table of a :func:`compare` report, as text."""
     models = report["models"]
     eps = report["config"]["epsilons"]
+    pgd_eps = [e for e in eps if e > 0 and any(r.get("pgd") for r in models.values())]
     solver_views = report["config"]["solvers"]
     head = (["model", "solver", "test acc %", "train s", "NFE fwd", "NFE bwd", "VJP bwd",
-             "peak MiB"] + [f"FGSM {e:g}" for e in eps] + [f"as {s}" for s in solver_views])
+             "peak MiB"] + [f"FGSM {e:g}" for e in eps] + [f"PGD {e:g}" for e in pgd_eps]
+            + [f"as {s}" for s in solver_views])
     rows = []
     for view, r in models.items():
         s = r["solver"]
@@ -432,6 +483,7 @@ def format_table(report: dict) -> str:
                      f"{r['nfe_forward_per_batch']:.1f}", f"{r['nfe_backward_per_batch']:.1f}",
                      f"{r['vjp_backward_per_batch']:.1f}", f"{r['peak_memory_mib']:.2f}"]
                     + [_pct(r["fgsm"][str(e)]) for e in eps]
+                    + [_pct(r.get("pgd", {}).get(str(e), float("nan"))) for e in pgd_eps]
                     + [_pct(r["cross_solver"].get(sv, float("nan"))) for sv in solver_views])
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.rjust(w) if i >= 2 else c.ljust(w)  # noqa: E731
@@ -446,6 +498,9 @@ def format_table(report: dict) -> str:
         "training batch (mean over training)",
         f"peak MiB: {report['memory_method']}",
         "FGSM e: test accuracy % under an FGSM attack of size e (fraction of the input range)",
+        *([f"PGD e: accuracy % under PGD ({report['config'].get('pgd_steps')} steps, random start) on the "
+           f"first {min(report['config'].get('pgd_points', 0), report['data']['n_test'])} test inputs"]
+          if pgd_eps else []),
         "as X: test accuracy % of the trained model evaluated under view X's solver",
     ]
     errs = [f"{v} as {s}: {m}" for v, r in models.items()

@@ -101,7 +101,9 @@ def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], path: str |
 def plot_accuracy_vs_epsilon(curves: Mapping[str, Mapping[float, float]],
                              path: str | os.PathLike, *,
                              title: str = "Accuracy under FGSM",
-                             xlabel: str = "epsilon (fraction of the input range)") -> Path:
+                             xlabel: str = "epsilon (fraction of the input range)",
+                             dashed: Mapping[str, Mapping[float, float]] | None = None,
+                             labels: tuple[str, str] = ("", "")) -> Path:
     """Accuracy against attack size, one line per model.
 
     Parameters
@@ -110,13 +112,23 @@ def plot_accuracy_vs_epsilon(curves: Mapping[str, Mapping[float, float]],
         Model name -> {epsilon: accuracy in [0, 1]}.
     path : path
         PNG destination.
+    dashed : mapping, optional
+        A second attack per model (same form), drawn dashed in the model's colour.
+    labels : (str, str)
+        Legend suffixes of the solid and the dashed lines.
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     try:
         for name, acc in curves.items():
             eps = sorted(acc)
-            ax.plot(eps, [100 * acc[e] for e in eps], marker="o", label=name)
+            (line,) = ax.plot(eps, [100 * acc[e] for e in eps], marker="o",
+                              label=f"{name} {labels[0]}".strip())
+            second = (dashed or {}).get(name)
+            if second:
+                e2 = sorted(second)
+                ax.plot(e2, [100 * second[e] for e in e2], marker="s", ls="--", color=line.get_color(),
+                        label=f"{name} {labels[1]}".strip())
         ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=title, ylim=(0, 100))
         ax.grid(alpha=0.3)
         ax.legend()
