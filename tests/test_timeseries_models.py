@@ -307,8 +307,9 @@ def test_latent_ode_posterior_starts_narrow():
 def test_latent_ode_learns_sines_extrapolation_beyond_the_mean():
     """A small fit of the periodic-sines extrapolation (400 series, 12 epochs, ~50 s CPU): the
     Latent ODE leaves the mean's MSE (~0.5, where it stayed before z0 moved to the first
-    query time and the posterior started narrow); measured 0.28 in its last epoch, the code
-    before the fix 0.507-0.517 in each of its last four."""
+    query time and the posterior started narrow) and gets well below it: measured 0.045-0.093
+    over its last four epochs with the encoder's state carried to z0's time; 0.28 in the last
+    epoch before that change; 0.507-0.517 in each of the last four before the first fix."""
     d = periodic_sines(400, task="extrapolation", seed=0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -321,4 +322,4 @@ def test_latent_ode_learns_sines_extrapolation_beyond_the_mean():
         torch.set_num_threads(threads)
     mse = [r["test_mse"] for r in res.metrics]
     assert mse[0] > 0.45  # it starts at the mean
-    assert min(mse[-4:]) < 0.33, mse
+    assert min(mse[-4:]) < 0.1, mse
