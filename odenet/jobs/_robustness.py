@@ -32,7 +32,9 @@ import solvers
 from ..data._classification import load_dataset
 from .._io import atomic_write_text
 from ..robustness._suite import ADVERSARIAL, ATTACKS, AttackSettings, attack_suite
-from ..training._loop import TrainingError, fit
+from ..training._loop import LR_SCHEDULES, TrainingError, fit
+from ..training._robust import DynamicsRegularizer
+from ..training._tasks import ClassificationTask, check_label_smoothing
 from ..training._run import load_model
 from ..training._runtime import resolve_device, set_seed
 from ..training._views import VIEWS, build_view_model
@@ -77,6 +79,11 @@ class RobustnessConfig:
     variants : sequence of str
         Names from :data:`VARIANTS`.
     width, epochs, lr, batch_size, limit_train : training settings (shared by all variants).
+    lr_schedule, label_smoothing, kinetic, head : training recipe of ``odenet compare``
+        (one-cycle schedule with peak ``lr``, label smoothing 0.1, kinetic-energy penalty
+        1e-4, flatten head; see :class:`~odenet.jobs.CompareConfig`): with it every variant
+        reaches >= 92 % clean accuracy in 3 epochs on 800 digits, so the attack numbers
+        are not those of near-chance models.
     n_test : int
         Size of the fixed test subset every model is attacked on.
     pgd_steps, square_queries, square_epsilons : attack budgets (see
@@ -97,9 +104,13 @@ class RobustnessConfig:
     variants: Sequence[str] = tuple(VARIANTS)
     width: int = 8
     epochs: int = 3
-    lr: float = 1e-2
-    batch_size: int = 64
+    lr: float = 2e-2
+    batch_size: int = 32
     limit_train: int | None = 800
+    lr_schedule: str = "onecycle"
+    label_smoothing: float = 0.1
+    kinetic: float = 1e-4
+    head: str = "flatten"
     n_test: int = 64
     pgd_steps: int = 40
     square_queries: int = 100
@@ -126,6 +137,13 @@ class RobustnessConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        check_label_smoothing(self.label_smoothing)
+        if isinstance(self.kinetic, bool) or not isinstance(self.kinetic, (int, float)) or not self.kinetic >= 0:
+            raise ValueError(f"kinetic must be a non-negative number (0: off), got {self.kinetic!r}")
+        if self.head not in ("pool", "flatten"):
+            raise ValueError(f"head must be 'pool' or 'flatten', got {self.head!r}")
         if isinstance(self.variants, str) or not self.variants:
             raise ValueError(f"variants must be a non-empty list of names from {', '.join(VARIANTS)}")
         bad = [v for v in self.variants if v not in VARIANTS]
@@ -146,21 +164,27 @@ class RobustnessConfig:
 def _train_models(cfg: RobustnessConfig, data, say) -> tuple[dict, dict]:
     """``models[(variant, run)]`` trained with the public API; ``failed`` for the rest."""
     models, failed = {}, {}
+    task = ClassificationTask(data, label_smoothing=cfg.label_smoothing)
     for run in range(cfg.runs):
         seed = cfg.seed + run
         for name in cfg.variants:
             view, nu, sn = VARIANTS[name]
             set_seed(seed)  # same seed, same initial weights for every variant of a run
             model = build_view_model(view, data, width=cfg.width, field="parabolic", expansion=nu,
-                                     spectral_norm=sn)
+                                     spectral_norm=sn, head=cfg.head)
+            reg = DynamicsRegularizer(model, kinetic=cfg.kinetic) if cfg.kinetic else None
             t0 = time.perf_counter()
             try:
-                res = fit(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,
-                          device=cfg.device, out=None, quiet=True, label=name)
+                res = fit(model, task, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,
+                          device=cfg.device, out=None, quiet=True, label=name, lr_schedule=cfg.lr_schedule,
+                          regularizer=reg)
             except (TrainingError, solvers.SolverError) as exc:
                 failed[f"{name}/run{run}"] = f"training: {type(exc).__name__}: {exc}"
                 say(f"[{name} run {run}] training FAILED: {exc}")
                 continue
+            finally:
+                if reg is not None:
+                    reg.remove()
             models[(name, run)] = res.model
             say(f"[{name} run {run}] trained in {time.perf_counter() - t0:.1f}s, "
                 f"test accuracy {100 * res.metrics[-1]['test_acc']:.1f}%")

@@ -5,7 +5,9 @@ PGD maximises the cross-entropy by signed gradient steps of size ``alpha`` from 
 random start in the ball, projecting onto the ball and the input range after every step.
 An input is counted as broken as soon as any iterate misclassifies it: that iterate is
 kept (and, with ``early_stop``, the point leaves the batch, which saves the solves an
-expensive view would spend on it). Inputs never broken end at the last iterate.
+expensive view would spend on it). Inputs never broken end at the last iterate. The
+transfer variant runs all its steps on the surrogate (no early stop) and returns the last
+iterate, the one the surrogate finds most adversarial.
 """
 
 from __future__ import annotations
@@ -112,8 +114,14 @@ def transfer_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: fl
         Solver settings for crafting (``method``, ``steps``, ``gradient``, ``options``...).
     **pgd_kwargs
         Passed to :func:`pgd` (``steps``, ``alpha``, ``clamp``, ``generator``, ...).
-        ``early_stop`` refers to the surrogate's predictions.
+        ``early_stop`` (default False here) would stop at the first iterate that fools the
+        *surrogate*, which says little about the model: such barely-adversarial inputs
+        transfer poorly, and more so at large eps where the surrogate is fooled within a
+        step or two. Measured on a trained width-8 implicit view (digits, 64 points, PGD-40):
+        with early stopping the transfer accuracy was 0.77 / 0.56 / 0.39 at eps 0.1 / 0.2 /
+        0.3, with all 40 steps 0.44 / 0 / 0 (docs/stability-and-robustness.md).
     """
+    pgd_kwargs.setdefault("early_stop", False)
     if not hasattr(model, "using_solver"):
         raise TypeError(f"transfer_pgd needs a model with using_solver (an odenet classifier), "
                         f"got {type(model).__name__}")
