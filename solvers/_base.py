@@ -40,6 +40,11 @@ __all__ = ["AbstractSolver", "AbstractAdaptiveSolver", "AbstractImplicitSolver",
 Time = Union[float, torch.Tensor]
 
 
+def describe_info(info: Optional[dict], skip: tuple = ()) -> str:
+    """A failed step's ``info`` as ``"key=value, ..."`` for an error message (keys in ``skip`` left out)."""
+    return ", ".join(f"{k}={v}" for k, v in (info or {}).items() if k not in skip)
+
+
 class StepResult:
     """What one step returns (see rule 4 of :mod:`solvers._base`)."""
 

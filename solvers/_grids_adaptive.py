@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ._base import describe_info
 from ._grids import add_sample_stats, batch_norm_of, batch_rms_norm, expand_b
 from ._solution import NonFiniteStateError, Status
 
@@ -275,7 +276,7 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
         Status.STEP_SIZE_UNDERFLOW: f"the step size of sample {b} fell to {float(h_new[b]):.3g}",
         Status.NON_FINITE: f"sample {b} became non-finite",
         Status.ROOT_FINDER: f"the implicit solve of sample {b} kept failing until the step sizes could shrink no more"
-        + (" (" + ", ".join(f"{k}={v}" for k, v in root_info.items() if k != "samples") + ")" if root_info else ""),
+        + (f" ({describe_info(root_info, skip=('samples',))})" if root_info else ""),
     }[status]
     more = f" ({len(bad)} samples failed: {bad[:5]})" if len(bad) > 1 else ""
     return Outcome(ys[:reached], status, tb, f"{what}, stopped at t={-tb if cfg.reverse else tb:.6g}{more}", sample=b)

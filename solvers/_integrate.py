@@ -16,7 +16,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from ._base import AbstractSolver, StepResult
+from ._base import AbstractSolver, StepResult, describe_info
 from ._compile import compiling, fixed_on_t, runs_on_t
 from ._controller import AbstractController, initial_step
 from ._problem import VectorField
@@ -462,8 +462,7 @@ def method_hermite(res: StepResult, theta, f1):
 
 
 def _root_detail(res: StepResult, i: int, t0: float) -> str:
-    info = res.info or {}
-    extra = ", ".join(f"{k}={v}" for k, v in info.items())
+    extra = describe_info(res.info)
     return f"the implicit solve of step {i} (t={t0:.6g}) did not converge" + (f" ({extra})" if extra else "")
 
 

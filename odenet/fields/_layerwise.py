@@ -440,8 +440,8 @@ class LayerwiseField(nn.Module):
         the function is made).
         """
         if self.interpolation != "constant":
-            pieces, block_of = self._current_pieces, self._block_of
-            return lambda t, x: pieces()[block_of(t)](t, x)
+            pieces, block_of = self._current_pieces(), self._block_of  # (checked once per function)
+            return lambda t, x: pieces[block_of(t)](t, x)
         memo = self._fresh_memo()  # (first: it extends takes_time to added blocks)
         mods, takes_time = self.blocks._modules, self.takes_time
         made = self.__dict__.get("_function")  # the same function while nothing it captured changed
