@@ -14,6 +14,7 @@ from ._controller import AbstractController, IController, PIController
 from ._integrate import LoopConfig, Outcome, integrate, rms_norm
 from ._compile import compiling, traceable_fixed
 from ._grids import check_t_batched
+from ._collocation import AbstractCollocation
 from ._implicit import _ESDIRKMixin
 from ._problem import VectorField, adaptive_tols, nonfinite_y0, check_t, check_tol, check_y0, split_state, unflatten_outputs
 from ._registry import get_method
@@ -190,11 +191,16 @@ def _check_control_dtype(dtype, y0) -> None:
 
 def _check_batched_config(method: AbstractSolver, cfg: LoopConfig, options: dict) -> None:
     """Options that a per-sample grid does not support are refused by name."""
-    if method.implicit and not isinstance(method, _ESDIRKMixin):
+    if getattr(method, "integrate", None) is not None:  # multistep methods, wrappers (solvers._ownloop)
         raise ValueError(
-            f"implicit method {method.name!r} does not run on a per-sample `t` of shape [B, T] yet; the ESDIRK methods "
-            "do (implicit_euler, implicit_midpoint, trapezoid, sdirk2; adaptive: kvaerno3, kvaerno5, trbdf2), and explicit "
-            "methods; or use a shared 1-D `t`"
+            f"method {method.name!r} runs its own loop (a multistep method or a wrapper of another integrator) and "
+            "does not run on a per-sample `t` of shape [B, T]; use a one-step method (e.g. 'dopri5', 'tsit5', 'rk4', "
+            "'kvaerno5', 'radau5') or a shared 1-D `t`"
+        )
+    if method.implicit and not isinstance(method, (_ESDIRKMixin, AbstractCollocation)):
+        raise ValueError(
+            f"implicit method {method.name!r} does not run on a per-sample `t` of shape [B, T] yet; the ESDIRK and "
+            "collocation methods do, and explicit methods; or use a shared 1-D `t`"
         )
     for key in ("step_t", "jump_t", "grid_constructor"):
         if options.get(key) is not None:

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from ._base import AbstractImplicitSolver, StepResult
-from ._ift import StageEquation, _private_graph, _Spec, attach_ift, needs_graph, per_sample_jacobian
-from ._implicit import ImplicitOptions, _solve_cache, func_stats
+from ._ift import StageEquation, _private_graph, _Spec, attach_ift, needs_graph, per_sample_jacobian, scale_rows
+from ._implicit import ImplicitOptions, _nonzero, _solve_cache, func_stats
 from ._registry import register_method
 from ._root import BatchView, Tolerance, alternatives
 from ._tableau import ButcherTableau
@@ -62,8 +62,18 @@ _RADAU3 = collocation_tableau([1.0 / 3.0, 1.0])
 _RADAU5 = collocation_tableau([(4.0 - _S6) / 10, (4.0 + _S6) / 10, 1.0])
 
 
+def flat_step(h, view: BatchView):
+    """The step size in the flat ``(B, n)`` view: a float or 0-dim tensor as it is; a
+    per-sample one (``[B, 1, ...]``, a per-sample time grid) expanded to one entry per
+    unknown (keeping its graph)."""
+    if isinstance(h, torch.Tensor) and h.ndim > 0:
+        return view.flat_tol(h)
+    return h
+
+
 class CollocationEquation:
-    """``Z = Y0 + gamma (A kron I) F(Z)`` in the real ``(B, s n)`` view (``gamma = h``).
+    """``Z = Y0 + gamma (A kron I) F(Z)`` in the real ``(B, s n)`` view (``gamma = h``: a
+    float, a 0-dim tensor or, on a per-sample time grid, ``(B, s n)``: a row scaling).
 
     Offers ``G``, ``jacobian`` (``gamma (A kron J_f)`` with ``J_f`` at the last stage of the
     iterate, also left in ``cache["collocation_jf"]``) and ``linearize`` to the root finders;
@@ -107,7 +117,7 @@ class CollocationEquation:
         G = self.Y0 + self.gamma * self.couple(torch.stack(fs, dim=1))
         A = self.A.to(Jf.dtype)
         J = (A[None, :, None, :, None] * Jf[:, None, :, None, :]).reshape(self.B, self.s * self.n, self.s * self.n)
-        return G, self.gamma * J
+        return G, scale_rows(self.gamma, J)
 
     def linearize(self, x):
         xs = x.reshape(self.B, self.s, self.n)
@@ -161,20 +171,24 @@ class AbstractCollocation(ImplicitOptions, AbstractImplicitSolver):
         s = self.tableau.stages
         tile = lambda v: v.repeat(1, s) if isinstance(v, torch.Tensor) else v  # noqa: E731
         tol = Tolerance(tile(tol.rtol), tile(tol.atol), tol.floor)
+        hf = flat_step(h, view)  # (B, n) on a per-sample grid
+        hd = hf.detach() if isinstance(hf, torch.Tensor) else hf
+        tile_h = lambda v: v.repeat(1, s) if isinstance(v, torch.Tensor) and v.ndim == 2 else v  # noqa: E731
         cache = _solve_cache(func)
         new_step = getattr(finder, "new_step", None)
         if new_step is not None:
             new_step(cache, y0)
         yflat = view.flat(y0.detach())
         A, Ainv, d, _ = self._consts(yflat)
-        eq = CollocationEquation(func, ts[1:], y0, h, A, view, cache)
+        eq = CollocationEquation(func, ts[1:], y0, tile_h(hd), A, view, cache)
         explicit = finder.explicit_predictor if self._predictor == "auto" else self._predictor == "explicit"
         guess = self.stage_guess(cache, y0, h, yflat) if self._predictor == "auto" else None
         if guess is not None:
             x0 = guess.reshape(eq.B, -1)
         elif explicit:  # z_i = y0 + c_i h f0
             c = torch.as_tensor(self.tableau.c, dtype=yflat.dtype, device=yflat.device)
-            x0 = (yflat[:, None, :] + (c[None, :, None] * h) * view.flat(f0.detach())[:, None, :]).reshape(eq.B, -1)
+            hc = c[None, :, None] * (hd[:, None, :] if isinstance(hd, torch.Tensor) and hd.ndim == 2 else hd)
+            x0 = (yflat[:, None, :] + hc * view.flat(f0.detach())[:, None, :]).reshape(eq.B, -1)
         else:
             x0 = eq.Y0
         stats = func_stats(func)
@@ -194,7 +208,7 @@ class AbstractCollocation(ImplicitOptions, AbstractImplicitSolver):
         if needs_graph(func, y0, h, ts[-1]):
             Zd = Z.detach()
             Y0 = view.flat(y0).repeat(1, s)
-            Gz = Y0 + h * eq.couple(eq.F(Zd))  # one evaluation with a graph to y0, h, t, params
+            Gz = Y0 + tile_h(hf) * eq.couple(eq.F(Zd))  # one evaluation with a graph to y0, h, t, params
             tsd = [t.detach() for t in ts[1:]]
             back = CollocationEquation(func, tsd, y0, 1.0, A, view, {})  # the transposed solve's map
             fmap = lambda xr: back.couple(back.F(xr))  # noqa: E731
@@ -218,7 +232,7 @@ class AbstractCollocation(ImplicitOptions, AbstractImplicitSolver):
         dZ = Z - yf  # (B, s, n) stage increments
         if self._stiffly_accurate:
             y1f = Z[:, -1]
-            k_last = torch.einsum("j,bjn->bn", Ainv[-1], dZ) / h
+            k_last = torch.einsum("j,bjn->bn", Ainv[-1], dZ) / _nonzero(flat_step(h, view))  # (a held sample: dZ = 0)
             f1 = view.state(k_last)
         else:
             y1f = yf[:, 0] + torch.einsum("i,bin->bn", d, dZ)
@@ -244,8 +258,12 @@ def _rtol(tol: Tolerance) -> float:
 
 
 def _failure_info(res, finder) -> dict:
-    return {"stages": "all (collocation)", "root_finder": finder.name, "iterations": res.iterations,
+    info = {"stages": "all (collocation)", "root_finder": finder.name, "iterations": res.iterations,
             "residual": f"{res.residual:.3g}", "reason": res.reason, "hint": alternatives(finder.name)}
+    conv = getattr(res, "converged", None)
+    if isinstance(conv, torch.Tensor) and conv.ndim == 1 and conv.shape[0] > 1:
+        info["samples"] = torch.nonzero(~conv)[:, 0].tolist()[:8]  # (first few; a sync only on failure)
+    return info
 
 
 @register_method

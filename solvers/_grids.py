@@ -17,6 +17,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from ._base import describe_info
 from ._compile import compiling
 from ._solution import Status
 
@@ -154,6 +155,14 @@ def _root_failure(outs, res, i, ta, cfg):
     """The outcome of a batched step whose implicit solve failed (one host read, on failure)."""
     from ._integrate import Outcome, _root_detail, show_t
 
+    samples = (res.info or {}).get("samples")
+    if samples:  # the root finder says which samples did not converge: name the first
+        b = samples[0]
+        t0 = float(ta[b])
+        extra = describe_info(res.info, skip=("samples",) if len(samples) == 1 else ())
+        detail = (f"the implicit solve of batched step {i} (sample {b} at t={show_t(cfg, t0):.6g}) did not converge"
+                  + (f" ({extra})" if extra else ""))
+        return Outcome(outs, Status.ROOT_FINDER, t0, detail, sample=b)
     t0 = float(ta.min())
     detail = _root_detail(res, i, show_t(cfg, t0)).replace(f"step {i} (t=", f"batched step {i} (earliest sample at t=")
     return Outcome(outs, Status.ROOT_FINDER, t0, detail)

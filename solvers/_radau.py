@@ -25,14 +25,18 @@ import numpy as np
 import torch
 
 from ._base import AbstractAdaptiveSolver, StepResult
-from ._collocation import _RADAU5, AbstractCollocation, _failure_info
+from ._collocation import _RADAU5, AbstractCollocation, _failure_info, flat_step
 from ._ift import StageEquation
-from ._implicit import _solve_cache
+from ._implicit import _nonzero, _solve_cache
 from ._krylov import gmres
 from ._registry import register_method
 from ._rootbase import work_dtype
 
 __all__ = ["Radau5"]
+
+
+def _per_sample(h) -> bool:
+    return isinstance(h, torch.Tensor) and h.ndim > 0
 
 
 def _float(h) -> float:
@@ -63,8 +67,13 @@ class Radau5(AbstractCollocation, AbstractAdaptiveSolver):
         with torch.no_grad():
             err = self._error(func, ts[0], y0, h, f0, view, Z.detach())
         out = self._finish(func, ts, y0, h, f0, view, Z, error=err)
-        # this step's collocation polynomial starts the next Newton solve (as RADAU5/scipy)
-        cache["radau5_prev"] = (y0, out.y1, _float(h), view.flat(y0.detach()), Z.detach())
+        # this step's collocation polynomial starts the next Newton solve (as RADAU5/scipy);
+        # on a per-sample grid (h of shape [B, 1, ...]) each sample accepts or rejects on its
+        # own, so the next step starts from the predictor instead
+        if _per_sample(h):
+            cache.pop("radau5_prev", None)
+        else:
+            cache["radau5_prev"] = (y0, out.y1, _float(h), view.flat(y0.detach()), Z.detach())
         # no FSAL: the error estimate of the next step needs f(t1, y1) itself (as RADAU5 and
         # scipy evaluate it); the derivative recovered from the stage values carries the root
         # solve's error divided by h, which the estimate does not filter
@@ -102,8 +111,9 @@ class Radau5(AbstractCollocation, AbstractAdaptiveSolver):
     def _error(self, func, t0, y0, h, f0, view, Z):
         yf = view.flat(y0.detach())  # (B, n)
         e = torch.as_tensor(_E, dtype=Z.dtype, device=Z.device)
-        ZE = torch.einsum("i,bin->bn", e, Z - yf[:, None, :]) / h  # (B, n)
-        gh = _GAMMA0 * (h.detach() if isinstance(h, torch.Tensor) else h)
+        hf = flat_step(h.detach() if isinstance(h, torch.Tensor) else h, view)  # (B, n) on a per-sample grid
+        ZE = torch.einsum("i,bin->bn", e, Z - yf[:, None, :]) / _nonzero(hf)  # (B, n) (a held sample: 0)
+        gh = _GAMMA0 * hf
         solve = self._linear_solver(func, t0, y0, view, gh, yf)
         err = solve(gh * (view.flat(f0.detach()) + ZE))
         f_err = view.flat(func(t0, view.state(yf + err)))
@@ -116,7 +126,8 @@ class Radau5(AbstractCollocation, AbstractAdaptiveSolver):
         B, n = yf.shape
         if Jf is not None and Jf.shape == (B, n, n):
             w = work_dtype(Jf.dtype)
-            M = torch.eye(n, dtype=w, device=Jf.device) - gh * Jf.to(w)
+            g = gh.to(w)[:, :, None] if _per_sample(gh) else gh
+            M = torch.eye(n, dtype=w, device=Jf.device) - g * Jf.to(w)
             lu, piv, info = torch.linalg.lu_factor_ex(M)
 
             def solve(v):

@@ -196,10 +196,162 @@ def test_adaptive_esdirk_root_failure_names_the_sample():
 
 def test_still_refused_by_name():
     t, y0 = grid(B=2, pad_row=None)
-    with pytest.raises(ValueError, match=r"'radau5' does not run on a per-sample `t`.*kvaerno5"):
-        solvers.solve(field, y0, t, method="radau5")
-    with pytest.raises(ValueError, match=r"'gl4' does not run on a per-sample `t`"):
-        solvers.solve(field, y0, t, method="gl4")
+    for name in ("explicit_adams", "fixed_adams", "implicit_adams"):  # multistep methods run their own loop
+        with pytest.raises(ValueError, match=rf"'{name}' runs its own loop.*does not run on a per-sample `t`.*'radau5'"):
+            solvers.solve(field, y0, t, method=name, options=dict(step_size=0.1) if name == "fixed_adams" else None)
     net = torch.nn.Linear(2, 2).to(F64)
     with pytest.raises(ValueError, match=r"checkpointed_adjoint.*does not run on a per-sample `t`.*gradient='adjoint'"):
         solvers.odeint_adjoint(lambda s, y: net(y), y0, t, adjoint_params=tuple(net.parameters()), adjoint_mode="checkpointed")
+
+
+# ----------------------------------------------------------------------------- collocation methods
+# Gauss-Legendre and Radau IIA solve their s stages coupled; on a per-sample grid the coupled
+# system's step factor is a per-sample row scaling (``gamma`` ``(B, s n)``).
+
+GAUSS4 = lambda z: (1 + z / 2 + z * z / 12) / (1 - z / 2 + z * z / 12)  # noqa: E731  gl4's stability function
+RADAU3 = lambda z: (1 + z / 3) / (1 - 2 * z / 3 + z * z / 6)  # noqa: E731  radauIIA3's
+
+
+@pytest.mark.parametrize("name,R", [("gl4", GAUSS4), ("radauIIA3", RADAU3)])
+def test_collocation_exact_discrete_solution(name, R):
+    """``y' = lambda_b y``: each sample's steps multiply by the method's ``R(h lambda_b)``."""
+    t, _ = grid(B=5, pad_row=2)
+    lam = torch.tensor([-0.5, -3.0, -40.0, 1.2, -0.01], dtype=F64)
+    sol = solvers.solve(lambda s, y: lam[:, None] * y, torch.ones(5, 1, dtype=F64), t, method=name, options=TIGHT)
+    h = (t[:, 1:] - t[:, :-1]).T  # (T-1, B), zero on padding: R(0) = 1
+    exact = torch.cat([torch.ones(1, 5, dtype=F64), torch.cumprod(R(h * lam), dim=0)])
+    torch.testing.assert_close(sol.ys[..., 0], exact, rtol=1e-11, atol=0)
+    assert sol.stats.sample_accepted.tolist() == [n - 1 for n in lengths_of(t)]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("name,opts,tol", [
+    # Newton's Jacobian is kept across steps and refreshed when the batch converges slowly,
+    # so batched and separate iterates differ within the root tolerance (as for the ESDIRKs)
+    ("gl4", {}, 1e-9),  # observed 3.6e-11
+    ("gl6", dict(step_size=0.15), 1e-9),  # 8.5e-11
+    ("radauIIA3", dict(step_size=0.25), 1e-9),  # 3.1e-11 (its whole intervals: see the failure test below)
+    ("radauIIA5", {}, 1e-9),  # 6.4e-11
+    ("gl4", dict(root_finder="newton_krylov"), 1e-8),  # 1.4e-9
+    ("radauIIA5", dict(root_finder="fixed_point", step_size=0.05), 1e-13),  # the same iterations: 2.2e-16
+])
+def test_collocation_equals_separate_solves(name, opts, tol, reverse):
+    t, y0 = grid()
+    t = -t if reverse else t
+    o = dict(opts, **TIGHT)
+    sol = solvers.solve(field, y0, t, method=name, options=o)
+    for b, L in enumerate(lengths_of(t)):
+        one = solvers.solve(field, y0[b : b + 1], t[b, :L], method=name, options=o)
+        torch.testing.assert_close(sol.ys[:L, b], one.ys[:, 0], rtol=0, atol=tol)
+        torch.testing.assert_close(sol.ys[L:, b], one.ys[-1:, 0].expand(t.shape[1] - L, 2), rtol=0, atol=tol)
+
+
+def test_collocation_root_failure_names_the_sample():
+    """Reversed in time the field expands; radauIIA3's simplified Newton does not converge on
+    sample 1's first interval (0.71 long) in 10 iterations, alone or batched: the error names
+    that sample and its time, not the batch's earliest."""
+    t, y0 = grid()
+    t = -t
+    with pytest.raises(solvers.RootFinderError, match=r"did not converge"):
+        solvers.solve(field, y0[1:2], t[1, :3], method="radauIIA3", options=TIGHT)
+    with pytest.raises(solvers.RootFinderError, match=r"batched step 0 \(sample 1 at t=-0.70782\) did not converge.*newton") as err:
+        solvers.solve(field, y0, t, method="radauIIA3", options=TIGHT)
+    assert "samples=" not in str(err.value)  # one sample failed: no list
+    sol = solvers.solve(field, y0, t, method="radauIIA3", options=TIGHT, raise_on_failure=False)
+    assert sol.status is solvers.Status.ROOT_FINDER and sol.ys.shape[0] == 1
+
+
+def test_collocation_state_of_several_dimensions():
+    """A ``[B, 2, 3]`` state: the per-sample step reaches every unknown of the flat view."""
+    t, _ = grid(B=3)
+    M = torch.tensor([[-1.0, 2.0, 0.0], [-2.0, -1.0, 0.5], [0.0, -0.5, -0.3]], dtype=F64)
+    f = lambda s, y: torch.tanh(y) @ M.T - 0.1 * y  # noqa: E731
+    y0 = torch.randn(3, 2, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
+    o = dict(TIGHT, step_size=0.2)
+    sol = solvers.solve(f, y0, t, method="radauIIA5", options=o)
+    for b, L in enumerate(lengths_of(t)):
+        one = solvers.solve(f, y0[b : b + 1], t[b, :L], method="radauIIA5", options=o)
+        torch.testing.assert_close(sol.ys[:L, b], one.ys[:, 0], rtol=0, atol=1e-9)
+
+
+def test_collocation_ift_gradients_equal_the_sum_over_samples():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2)).to(F64)
+    f = lambda s, y: net(y) - y + torch.cos(s)[..., None]  # noqa: E731
+    t, y0 = grid(B=3)
+    y0 = y0.requires_grad_(True)
+    for name in ("gl4", "radauIIA5"):
+        sol = solvers.solve(f, y0, t, method=name, options=TIGHT)
+        g_y0, *g_p = torch.autograd.grad((sol.ys ** 2).sum(), [y0, *net.parameters()])
+        ref_p = [torch.zeros_like(p) for p in net.parameters()]
+        for b, L in enumerate(lengths_of(t)):
+            yb = y0[b : b + 1].detach().requires_grad_(True)
+            one = solvers.solve(f, yb, t[b, :L], method=name, options=TIGHT)
+            lb = (one.ys ** 2).sum() + (t.shape[1] - L) * (one.ys[-1] ** 2).sum()
+            gb, *gp = torch.autograd.grad(lb, [yb, *net.parameters()])
+            torch.testing.assert_close(g_y0[b], gb[0], rtol=1e-8, atol=1e-10)
+            ref_p = [r + g for r, g in zip(ref_p, gp)]
+        for a, r in zip(g_p, ref_p):
+            torch.testing.assert_close(a, r, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["gl4", "radau5"])
+def test_collocation_gradcheck(name):
+    """IFT gradients with respect to y0, the field's parameters and the times vs finite differences."""
+    torch.manual_seed(1)
+    W = torch.randn(2, 2, dtype=F64, requires_grad=True)
+    y0 = torch.randn(2, 2, dtype=F64, requires_grad=True)
+    t = torch.tensor([[0.0, 0.15, 0.3], [0.1, 0.2, 0.25]], dtype=F64, requires_grad=True)  # (padding: not differentiable in t)
+
+    def run(y0, W, t):
+        opts = dict(root_rtol=1e-13, root_atol=1e-14)
+        if name == "radau5":  # the adaptive steps must not move under the perturbation: one step per interval
+            opts.update(first_step=0.2, max_step=0.2)
+        return solvers.solve(lambda s, y: torch.tanh(y @ W.T) - y, y0, t, method=name, rtol=1e-3, atol=1e-3,
+                             options=opts, params=[W]).ys
+
+    assert torch.autograd.gradcheck(run, (y0, W, t), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("reverse", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_radau5_equals_separate_solves(reverse):
+    """Adaptive radau5: every sample its own step size and accept/reject, the same number of
+    accepted steps as alone. The error estimate solves with the Jacobian Newton keeps, whose
+    age depends on the batch (it is refreshed when any sample converges slowly), and the
+    separate solve starts Newton from the previous step's polynomial, the batched one from
+    the predictor: the step sizes differ slightly, so the solutions agree to the method's
+    own global error (1.3e-9 against a dopri5 solve at 1e-12), not to rounding."""
+    t, y0 = grid()
+    t = -t if reverse else t
+    kw = dict(method="radau5", rtol=1e-9, atol=1e-9, options=TIGHT)
+    sol = solvers.solve(field, y0, t, **kw)
+    ref = solvers.solve(field, y0, t, method="dopri5", rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sol.ys, ref.ys, rtol=0, atol=5e-9)  # observed 1.3e-9
+    for b, L in enumerate(lengths_of(t)):
+        one = solvers.solve(field, y0[b : b + 1], t[b, :L], **kw)
+        torch.testing.assert_close(sol.ys[:L, b], one.ys[:, 0], rtol=0, atol=5e-9)  # observed 1.1e-9
+        assert int(sol.stats.sample_accepted[b]) == one.stats.n_accepted
+
+
+def test_radau5_stiff_sample_does_not_slow_the_others():
+    """Van der Pol at mu = 1000 next to mild oscillators: the mild samples take the steps they
+    take alone, and every sample matches scipy's Radau at tight tolerance. (On [0, 2] the stiff
+    sample follows its slow manifold, where radau5 takes long steps: fewer than the mild ones.)"""
+    from scipy.integrate import solve_ivp
+
+    mu = torch.tensor([1.0, 2.0, 1000.0], dtype=F64)
+
+    def vdp(mu):
+        return lambda s, y: torch.stack([y[:, 1], mu * (1 - y[:, 0] ** 2) * y[:, 1] - y[:, 0]], dim=1)
+
+    t = torch.tensor([0.0, 0.5, 1.0, 2.0], dtype=F64).expand(3, 4).contiguous()
+    y0 = torch.tensor([[2.0, 0.0]] * 3, dtype=F64)
+    kw = dict(method="radau5", rtol=1e-7, atol=1e-9, options=TIGHT)
+    every = solvers.solve(vdp(mu), y0, t, **kw)
+    mild = solvers.solve(vdp(mu[:2]), y0[:2], t[:2], **kw)
+    assert every.stats.sample_accepted[:2].tolist() == mild.stats.sample_accepted.tolist()
+    for b in range(3):
+        m = float(mu[b])
+        ref = solve_ivp(lambda s, y: [y[1], m * (1 - y[0] ** 2) * y[1] - y[0]], (0, 2), [2.0, 0.0], method="Radau",
+                        t_eval=t[0].tolist(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(every.ys[:, b], torch.tensor(ref.y.T), rtol=0, atol=2e-6)  # radau5's own global error
