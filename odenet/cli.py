@@ -282,6 +282,9 @@ def _add_robustness(sub) -> None:
     rb.add_argument("--variants", default=None, help="comma-separated variants (default all: resnet, implicit, "
                     "node, implicit_nu0, implicit_nu-1, resnet_sn)")
     rb.add_argument("--seed", type=_nonneg_int, default=0, help="first seed (default 0)")
+    rb.add_argument("--workers", type=_positive_int, default=None,
+                    help="processes training and attacking the models in parallel (default 2; 1: this process "
+                         "only; the numbers do not depend on it)")
     rb.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="device (default cpu)")
     rb.add_argument("--quiet", action="store_true", help="print only the final table")
     rb.add_argument("--no-plots", action="store_true", help="skip the PNGs")
@@ -295,6 +298,8 @@ def _run_robustness(args: argparse.Namespace) -> int:
               quiet=args.quiet, plots=not args.no_plots)
     if args.runs is not None:
         kw["runs"] = args.runs
+    if args.workers is not None:
+        kw["workers"] = args.workers
     if args.epsilons is not None:
         kw["epsilons"] = tuple(args.epsilons)
     if args.variants is not None:

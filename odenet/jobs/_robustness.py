@@ -93,6 +93,12 @@ class RobustnessConfig:
     models_from : str, optional
         Load the models from an ``odenet compare`` output directory (or a directory of
         them, one per run) instead of training.
+    workers : int
+        Processes that train and attack the models in parallel (default 2, the machine the
+        budget is set for has 2 cores; 1: everything in this process). Each model is one task
+        (train or load, attack, sanity checks) seeded on its own, so the results do not
+        depend on ``workers``; each worker runs ``max(1, torch.get_num_threads() // workers)``
+        threads.
     quick : bool
         Shrink every budget (CI smoke test; not protocol-conformant, flagged in results).
     """
@@ -117,6 +123,7 @@ class RobustnessConfig:
     square_epsilons: Sequence[float] | None = (0.05, 0.1)
     claim_eps: tuple = (0.05, 0.1)
     models_from: str | None = None
+    workers: int = 2
     device: str = "cpu"
     quiet: bool = False
     plots: bool = True
@@ -133,7 +140,7 @@ class RobustnessConfig:
         return cfg
 
     def _validate(self) -> None:
-        for name in ("runs", "width", "epochs", "batch_size", "n_test", "pgd_steps", "square_queries"):
+        for name in ("runs", "width", "epochs", "batch_size", "n_test", "pgd_steps", "square_queries", "workers"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -161,34 +168,24 @@ class RobustnessConfig:
 
 # ----------------------------------------------------------------------------- models
 
-def _train_models(cfg: RobustnessConfig, data, say) -> tuple[dict, dict]:
-    """``models[(variant, run)]`` trained with the public API; ``failed`` for the rest."""
-    models, failed = {}, {}
-    task = ClassificationTask(data, label_smoothing=cfg.label_smoothing)
-    for run in range(cfg.runs):
-        seed = cfg.seed + run
-        for name in cfg.variants:
-            view, nu, sn = VARIANTS[name]
-            set_seed(seed)  # same seed, same initial weights for every variant of a run
-            model = build_view_model(view, data, width=cfg.width, field="parabolic", expansion=nu,
-                                     spectral_norm=sn, head=cfg.head)
-            reg = DynamicsRegularizer(model, kinetic=cfg.kinetic) if cfg.kinetic else None
-            t0 = time.perf_counter()
-            try:
-                res = fit(model, task, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,
-                          device=cfg.device, out=None, quiet=True, label=name, lr_schedule=cfg.lr_schedule,
-                          regularizer=reg)
-            except (TrainingError, solvers.SolverError) as exc:
-                failed[f"{name}/run{run}"] = f"training: {type(exc).__name__}: {exc}"
-                say(f"[{name} run {run}] training FAILED: {exc}")
-                continue
-            finally:
-                if reg is not None:
-                    reg.remove()
-            models[(name, run)] = res.model
-            say(f"[{name} run {run}] trained in {time.perf_counter() - t0:.1f}s, "
-                f"test accuracy {100 * res.metrics[-1]['test_acc']:.1f}%")
-    return models, failed
+def _train_one(cfg: RobustnessConfig, data, name: str, run: int):
+    """One variant of one run trained with the public API: ``(model, log line)``; raises on failure."""
+    seed = cfg.seed + run
+    view, nu, sn = VARIANTS[name]
+    set_seed(seed)  # same seed, same initial weights for every variant of a run
+    model = build_view_model(view, data, width=cfg.width, field="parabolic", expansion=nu,
+                             spectral_norm=sn, head=cfg.head)
+    reg = DynamicsRegularizer(model, kinetic=cfg.kinetic) if cfg.kinetic else None
+    t0 = time.perf_counter()
+    try:
+        res = fit(model, ClassificationTask(data, label_smoothing=cfg.label_smoothing), epochs=cfg.epochs,
+                  batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, device=cfg.device, out=None, quiet=True,
+                  label=name, lr_schedule=cfg.lr_schedule, regularizer=reg)
+    finally:
+        if reg is not None:
+            reg.remove()
+    return res.model, (f"[{name} run {run}] trained in {time.perf_counter() - t0:.1f}s, "
+                       f"test accuracy {100 * res.metrics[-1]['test_acc']:.1f}%")
 
 
 def _variant_of(view: str, model_config: dict) -> str:
@@ -199,15 +196,15 @@ def _variant_of(view: str, model_config: dict) -> str:
     return f"{view}_nu{nu:g}" + ("_sn" if sn else "")
 
 
-def _load_models(cfg: RobustnessConfig, say) -> tuple[dict, dict, dict]:
-    """Models of ``odenet compare`` runs under ``cfg.models_from`` (one run or a folder of runs)."""
+def _load_specs(cfg: RobustnessConfig) -> list[dict]:
+    """The checkpoints of ``odenet compare`` runs under ``cfg.models_from`` (one run or a folder of runs)."""
     root = Path(cfg.models_from)
     run_dirs = [root] if any((root / v / "checkpoint.pt").is_file() for v in VIEWS) else sorted(
         d for d in root.iterdir() if d.is_dir() and any((d / v / "checkpoint.pt").is_file() for v in VIEWS))
     if not run_dirs:
         raise ValueError(f"--models-from {root}: no {'/'.join(VIEWS)}/checkpoint.pt found there or in its "
                          "subdirectories; pass the --out directory of an `odenet compare` run")
-    models, data_by_run = {}, {}
+    specs = []
     for run, d in enumerate(run_dirs):
         for view in VIEWS:
             path = d / view / "checkpoint.pt"
@@ -217,12 +214,112 @@ def _load_models(cfg: RobustnessConfig, say) -> tuple[dict, dict, dict]:
             run_cfg = ckpt.get("run_config") or {}
             if run_cfg.get("data", "digits") != "digits":
                 raise ValueError(f"{path}: trained on {run_cfg.get('data')!r}; the robustness job needs digits")
-            model = load_model(path, **VIEWS[view])
             name = _variant_of(view, dict(ckpt.get("model_config") or {}))
-            models[(name, run)] = model
-            data_by_run[run] = (int(run_cfg.get("seed", 0)), run_cfg.get("limit_train"), run_cfg.get("limit_test"))
-            say(f"[{name} run {run}] loaded {path}")
-    return models, {}, data_by_run
+            specs.append({"name": name, "run": run, "path": str(path), "view": view,
+                          "split": (int(run_cfg.get("seed", 0)), run_cfg.get("limit_train"),
+                                    run_cfg.get("limit_test"))})
+    return specs
+
+
+#: Relative cost of a variant's task (train + attack, measured): the pool starts the costliest first.
+_COST = {"node": 6, "implicit": 5, "implicit_nu0": 3, "implicit_nu-1": 3, "resnet": 1, "resnet_sn": 1}
+
+
+def _task_specs(cfg: RobustnessConfig) -> list[dict]:
+    if cfg.models_from is not None:
+        return _load_specs(cfg)
+    return [{"name": name, "run": run, "split": (cfg.seed, cfg.limit_train, None)}
+            for run in range(cfg.runs) for name in cfg.variants]
+
+
+def _run_task(cfg: RobustnessConfig, spec: dict) -> dict:
+    """One model: train (or load) it, attack it, run the sanity checks and C2's ratios.
+
+    Returns plain data (no model): ``log`` lines, and either ``failed`` or ``suite``,
+    ``checks``, ``rho`` and ``train_s``.
+    """
+    name, run = spec["name"], spec["run"]
+    device = resolve_device(cfg.device)
+    seed, limit_train, limit_test = spec["split"]
+    data = load_dataset("digits", seed=seed, limit_train=limit_train, limit_test=limit_test)
+    rec: dict = {"name": name, "run": run, "log": [], "n_test": min(cfg.n_test, len(data.y_test)),
+                 "split_seed": data.info["seed"]}
+    t0 = time.perf_counter()
+    if "path" in spec:
+        model = load_model(spec["path"], **VIEWS[spec["view"]])
+        rec["log"].append(f"[{name} run {run}] loaded {spec['path']}")
+    else:
+        try:
+            model, line = _train_one(cfg, data, name, run)
+        except (TrainingError, solvers.SolverError) as exc:
+            rec["failed"] = f"training: {type(exc).__name__}: {exc}"
+            rec["log"].append(f"[{name} run {run}] training FAILED: {exc}")
+            return rec
+        rec["log"].append(line)
+    rec["train_s"] = time.perf_counter() - t0
+    model = model.to(device)
+    settings = AttackSettings(pgd_steps=cfg.pgd_steps, square_queries=cfg.square_queries,
+                              square_epsilons=cfg.square_epsilons)
+    eps_c = cfg.claim_eps[1]
+    eps_list = sorted(set(float(e) for e in cfg.epsilons))
+    keep = [("pgd", eps_c)] if eps_c in eps_list else []
+    x, y = data.x_test[:cfg.n_test].to(device), data.y_test[:cfg.n_test].to(device)
+    t1 = time.perf_counter()
+    try:
+        res = attack_suite(model, x, y, eps_list, std=data.std, clamp=data.normalised_range(),
+                           settings=settings, seed=cfg.seed + run, keep_inputs=keep)
+    except solvers.SolverError as exc:
+        rec["failed"] = f"attack: {type(exc).__name__}: {exc}"
+        rec["log"].append(f"[{name} run {run}] attack FAILED: {exc}")
+        return rec
+    inputs = res.pop("inputs")
+    rec["rho"] = (contraction_ratios(model, x, inputs[("pgd", eps_c)]).tolist()
+                  if ("pgd", eps_c) in inputs else [])
+    rec["attack_s"] = time.perf_counter() - t1
+    rec["log"].append(f"[{name} run {run}] attacked in {rec['attack_s']:.1f}s")
+    rec["checks"] = sanity_checks(res)
+    rec["suite"] = res
+    return rec
+
+
+def _log(cfg: RobustnessConfig, bar, rec: dict) -> None:
+    if not cfg.quiet:
+        for line in rec["log"]:
+            bar.write(line)
+    bar.update()
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _run_tasks(cfg: RobustnessConfig, specs: list[dict]) -> list[dict]:
+    """Every task, in ``cfg.workers`` processes (costliest first), returned in the order of ``specs``."""
+    from tqdm.auto import tqdm
+
+    order = sorted(range(len(specs)), key=lambda i: -_COST.get(specs[i]["name"], 3))
+    bar = tqdm(total=len(specs), desc="models", disable=cfg.quiet, dynamic_ncols=True)
+    out: list = [None] * len(specs)
+    try:
+        if cfg.workers == 1 or len(specs) == 1:
+            for i in order:
+                out[i] = _run_task(cfg, specs[i])
+                _log(cfg, bar, out[i])
+            return out
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        threads = max(1, torch.get_num_threads() // cfg.workers)
+        with cf.ProcessPoolExecutor(max_workers=min(cfg.workers, len(specs)), mp_context=mp.get_context("spawn"),
+                                    initializer=_worker_init, initargs=(threads,)) as pool:
+            futures = {pool.submit(_run_task, cfg, specs[i]): i for i in order}
+            for fut in cf.as_completed(futures):
+                i = futures[fut]
+                out[i] = fut.result()
+                _log(cfg, bar, out[i])
+        return out
+    finally:
+        bar.close()
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -274,47 +371,26 @@ def robustness(config: RobustnessConfig | None = None, **kwargs: Any) -> dict:
     t_start = time.perf_counter()
     cpu0 = _cpu_times()
 
-    # data and models
+    # models and attacks: one task per model, in cfg.workers processes
+    specs = _task_specs(cfg)
     if cfg.models_from is None:
         data = load_dataset("digits", seed=cfg.seed, limit_train=cfg.limit_train)
         say(f"odenet robustness: {data.summary()}; {cfg.runs} run(s) x {len(cfg.variants)} variant(s); "
-            f"fixed test subset of {min(cfg.n_test, len(data.y_test))}")
-        models, failed = _train_models(cfg, data, say)
-        datasets = {run: data for run in range(cfg.runs)}
-    else:
-        models, failed, splits = _load_models(cfg, say)
-        datasets = {run: load_dataset("digits", seed=s, limit_train=lt, limit_test=lte)
-                    for run, (s, lt, lte) in splits.items()}
-    train_s = time.perf_counter() - t_start
-
-    # attacks and sanity checks
-    settings = AttackSettings(pgd_steps=cfg.pgd_steps, square_queries=cfg.square_queries,
-                              square_epsilons=cfg.square_epsilons)
+            f"fixed test subset of {min(cfg.n_test, len(data.y_test))}; {cfg.workers} worker(s)")
+    records = _run_tasks(cfg, specs)
     eps_h1, eps_c = cfg.claim_eps
     eps_list = sorted(set(float(e) for e in cfg.epsilons))
-    keep = [("pgd", eps_c)] if eps_c in eps_list else []
-    per_run, checks, rhos = {}, {}, {}
-    from tqdm.auto import tqdm
-
-    bar = tqdm(sorted(models, key=lambda k: (k[1], k[0])), desc="attacks", disable=cfg.quiet, dynamic_ncols=True)
-    for name, run in bar:
-        model = models[(name, run)].to(device)
-        data = datasets[run]
-        x, y = data.x_test[:cfg.n_test].to(device), data.y_test[:cfg.n_test].to(device)
-        try:
-            res = attack_suite(model, x, y, eps_list, std=data.std, clamp=data.normalised_range(),
-                               settings=settings, seed=cfg.seed + run, keep_inputs=keep,
-                               progress=lambda s: bar.set_postfix_str(f"{name}/run{run} {s}"))
-        except solvers.SolverError as exc:
-            failed[f"{name}/run{run}"] = f"attack: {type(exc).__name__}: {exc}"
-            say(f"[{name} run {run}] attack FAILED: {exc}")
+    per_run, checks, rhos, failed = {}, {}, {}, {}
+    for rec in records:
+        key = (rec["name"], rec["run"])
+        if "failed" in rec:
+            failed[f"{rec['name']}/run{rec['run']}"] = rec["failed"]
             continue
-        inputs = res.pop("inputs")
-        if ("pgd", eps_c) in inputs:
-            rhos.setdefault(name, []).extend(contraction_ratios(model, x, inputs[("pgd", eps_c)]).tolist())
-        checks[(name, run)] = sanity_checks(res)
-        per_run[(name, run)] = res
-    attack_s = time.perf_counter() - t_start - train_s
+        if rec["rho"]:
+            rhos.setdefault(rec["name"], []).extend(rec["rho"])
+        checks[key], per_run[key] = rec["checks"], rec["suite"]
+    train_s = sum(r.get("train_s", 0.0) for r in records)
+    attack_s = sum(r.get("attack_s", 0.0) for r in records)
 
     # claims
     summary = _aggregate({k: v for k, v in per_run.items()})
@@ -334,8 +410,8 @@ def robustness(config: RobustnessConfig | None = None, **kwargs: Any) -> dict:
         "config": {**asdict(cfg), "epsilons": eps_list, "variants": list(cfg.variants)},
         "protocol_conformant": cfg.runs >= 3 and cfg.pgd_steps >= 40 and not cfg.quick,
         "variants": {n: dict(zip(("view", "expansion", "spectral_norm"), VARIANTS[n])) for n in cfg.variants},
-        "test_subset": {"n": min(cfg.n_test, *(len(d.y_test) for d in datasets.values())) if datasets else 0,
-                        "split_seeds": sorted({d.info["seed"] for d in datasets.values()})},
+        "test_subset": {"n": min((r["n_test"] for r in records), default=0),
+                        "split_seeds": sorted({r["split_seed"] for r in records})},
         "summary": summary,
         "runs": {f"{n}/run{r}": {**per_run[(n, r)], "sanity": checks[(n, r)]} for n, r in per_run},
         "invalid_runs": invalid,
@@ -344,8 +420,8 @@ def robustness(config: RobustnessConfig | None = None, **kwargs: Any) -> dict:
                               if v},
         "device": str(device),
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "time_s": {"models": train_s, "attacks": attack_s, "wall": time.perf_counter() - t_start,
-                   "user+sys": (cpu1 - cpu0)},
+        "time_s": {"models (sum over tasks)": train_s, "attacks (sum over tasks)": attack_s,
+                   "wall": time.perf_counter() - t_start, "user+sys": (cpu1 - cpu0), "workers": cfg.workers},
     }
     out.mkdir(parents=True, exist_ok=True)
     if cfg.plots and summary:

@@ -76,7 +76,24 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, *, s
         x_adv = lower + u * (upper - lower)
     else:
         x_adv = x.clone()
-    active = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    return pgd_rows(model, x_adv, y, lower, upper, alpha, steps=steps, early_stop=early_stop)
+
+
+def pgd_rows(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+             alpha: float | torch.Tensor, *, steps: int, early_stop: bool = True) -> torch.Tensor:
+    """PGD's iterations from the starting points ``x_adv`` with per-element bounds.
+
+    Every row may have its own box ``[lower, upper]`` and step ``alpha`` (a float or a tensor
+    of one value per row): :func:`odenet.attack_suite` stacks the points of every epsilon into
+    one batch this way. Each row's iterates depend only on its own gradients, so for a model
+    whose rows do not interact (fixed-step solvers) the result per row is that of a separate
+    :func:`pgd` call with the same start.
+    """
+    x_adv = x_adv.detach().clone()
+    shape = (-1, *[1] * (x_adv.dim() - 1))
+    if isinstance(alpha, torch.Tensor):
+        alpha = alpha.to(x_adv.device, x_adv.dtype).reshape(shape)
+    active = torch.ones(len(x_adv), dtype=torch.bool, device=x_adv.device)
     for _ in range(steps):
         idx = active.nonzero().flatten()
         if len(idx) == 0:
@@ -89,9 +106,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, *, s
         if early_stop:
             fooled = logits.detach().argmax(1) != y[idx]
             # keep the misclassifying iterate as it is, step only the others
-            grad = torch.where(fooled.view(-1, *[1] * (x.dim() - 1)), torch.zeros_like(grad), grad)
+            grad = torch.where(fooled.view(shape), torch.zeros_like(grad), grad)
             active[idx[fooled]] = False
-        step = xa.detach() + alpha * grad.sign()
+        a = alpha[idx] if isinstance(alpha, torch.Tensor) else alpha
+        step = xa.detach() + a * grad.sign()
         x_adv[idx] = torch.minimum(torch.maximum(step, lower[idx]), upper[idx])
     return x_adv.detach()
 

@@ -76,31 +76,49 @@ def square_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: f
     x = x.detach()
     if epsilon == 0:
         return x.clone()
-    b, c, h, w = x.shape
     lower, upper = linf_box(x, epsilon, clamp)
+    return square_rows(model, x, y, lower, upper, [(0, len(x), epsilon, generator)], queries=queries, p_init=p_init)
 
-    def rand_sign(*shape):
-        return (torch.randint(0, 2, shape, generator=generator) * 2 - 1).to(x.device, x.dtype)
 
-    def project(z):
-        return torch.minimum(torch.maximum(z, lower_i), upper_i)
+@torch.no_grad()
+def square_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+                groups, *, queries: int, p_init: float = 0.3) -> torch.Tensor:
+    """The Square attack on groups of rows, each with its own radius and random stream.
 
-    lower_i, upper_i = lower, upper
-    x_adv = project(x + epsilon * rand_sign(b, c, 1, w))  # vertical stripes
+    ``groups`` lists ``(start, stop, epsilon, generator)`` for consecutive rows of ``x``
+    (model units; ``lower``/``upper`` the rows' boxes). Every group draws its stripes, windows
+    and signs from its own generator exactly as :func:`square_attack` on those rows alone
+    would, and stops drawing once all its points are broken; the model is queried once per
+    iteration on the unbroken points of every group together (one batch instead of one per
+    epsilon). For a model whose rows do not interact the result equals separate calls.
+    """
+    b, c, h, w = x.shape
+    dev, dt = x.device, x.dtype
+
+    def rand_sign(gen, *shape):
+        return (torch.randint(0, 2, shape, generator=gen) * 2 - 1).to(dev, dt)
+
+    x_adv = torch.cat([x[a:z] + e * rand_sign(g, z - a, c, 1, w) for a, z, e, g in groups])  # vertical stripes
+    x_adv = torch.minimum(torch.maximum(x_adv, lower), upper)
     best = margin(model(x_adv), y)
     for it in range(queries - 1):
-        idx = (best >= 0).nonzero().flatten()
-        if len(idx) == 0:
-            break
         p = _p_at(p_init, it, queries - 1)
         s = min(max(int(round(math.sqrt(p * h * w))), 1), max(min(h, w) - 1, 1))
-        r = int(torch.randint(0, h - s + 1, (1,), generator=generator))
-        q = int(torch.randint(0, w - s + 1, (1,), generator=generator))
-        cand = x_adv[idx].clone()
-        window = x[idx, :, r:r + s, q:q + s] + epsilon * rand_sign(len(idx), c, 1, 1)
-        cand[:, :, r:r + s, q:q + s] = window
-        lower_i, upper_i = lower[idx], upper[idx]
-        cand = project(cand)
+        rows, cands = [], []
+        for a, z, e, g in groups:
+            idx = (best[a:z] >= 0).nonzero().flatten() + a
+            if len(idx) == 0:
+                continue
+            r = int(torch.randint(0, h - s + 1, (1,), generator=g))
+            q = int(torch.randint(0, w - s + 1, (1,), generator=g))
+            cand = x_adv[idx].clone()
+            cand[:, :, r:r + s, q:q + s] = x[idx, :, r:r + s, q:q + s] + e * rand_sign(g, len(idx), c, 1, 1)
+            rows.append(idx)
+            cands.append(cand)
+        if not rows:
+            break
+        idx = torch.cat(rows)
+        cand = torch.minimum(torch.maximum(torch.cat(cands), lower[idx]), upper[idx])
         m = margin(model(cand), y[idx])
         better = m < best[idx]
         x_adv[idx[better]] = cand[better]

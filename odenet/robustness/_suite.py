@@ -18,11 +18,11 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ._attacks import fgsm
-from ._box import check_epsilon
+from ._attacks import _loss_grad_sign, _perturb
+from ._box import check_epsilon, linf_box
 from ._nfe import count_nfe
-from ._pgd import DEFAULT_SURROGATE, pgd, transfer_pgd
-from ._square import square_attack
+from ._pgd import DEFAULT_SURROGATE, pgd_rows
+from ._square import square_rows
 
 __all__ = ["ATTACKS", "ADVERSARIAL", "AttackSettings", "attack_suite"]
 
@@ -48,6 +48,11 @@ class AttackSettings:
         views whose forward solve is expensive.
     surrogate : mapping
         Solver of the transfer attack's surrogate (default rk4, 4 steps).
+    batch_epsilons : bool
+        Craft the points of all epsilons of an attack in one batch (default) instead of one
+        batch per epsilon. Same answers for a model whose rows do not interact (fixed-step
+        solvers, up to floating-point summation order); an adaptive solver shares its step
+        sizes over the batch, so its answers can differ slightly (docs/stability-and-robustness.md).
     """
 
     pgd_steps: int = 40
@@ -55,15 +60,12 @@ class AttackSettings:
     square_queries: int = 200
     square_epsilons: Sequence[float] | None = None
     surrogate: Mapping = field(default_factory=lambda: dict(DEFAULT_SURROGATE))
+    batch_epsilons: bool = True
 
 
 def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-
-
-def _batched(fn: Callable, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([fn(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def attack_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float], *,
@@ -72,6 +74,17 @@ def attack_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: S
                  keep_inputs: Sequence[tuple[str, float]] = (), progress: Callable[[str], None] | None = None
                  ) -> dict:
     """Accuracy of ``model`` on ``(x, y)`` under each attack and epsilon.
+
+    Every attack crafts the points of all its non-zero epsilons in one batch (``k`` epsilons:
+    ``k * len(x)`` rows, each projected onto its own ball; see
+    :attr:`AttackSettings.batch_epsilons`), with one random stream per (attack, epsilon) as
+    if each epsilon ran alone, and evaluates each epsilon's points as their own batch. FGSM's
+    direction does not depend on epsilon and is computed once. At epsilon 0 every attack
+    returns ``x`` itself, so its prediction is the clean one (not recomputed). The model's
+    parameters are frozen (``requires_grad=False``) for the call and restored afterwards:
+    the attacks need input gradients only, and a solver whose backward pass would otherwise
+    also integrate parameter adjoints (``gradient="adjoint"`` or ``"checkpointed_adjoint"``)
+    skips them; method, tolerances and gradient mode stay the model's own.
 
     Parameters
     ----------
@@ -93,19 +106,23 @@ def attack_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: S
     seed : int
         Seeds the random starts, the Square attack's draws and the noise; each
         (attack, epsilon) gets its own generator, so results repeat.
+    batch_size : int
+        Test points per chunk; a chunk is crafted for all epsilons together
+        (``k * batch_size`` rows).
     keep_inputs : sequence of (attack, epsilon)
         Return the adversarial inputs of these cases under ``result["inputs"]``.
     progress : callable, optional
-        Called with a short label before each (attack, epsilon).
+        Called with a short label before each attack.
 
     Returns
     -------
     dict
-        ``clean_accuracy``; ``attacks[name]`` with ``accuracy``, ``flip_rate``, ``nfe``
-        (field evaluations, forward + backward, summed over the batched solves of crafting
-        and evaluation), ``nfe_forward`` and ``time_s``, each a dict keyed by ``str(eps)``;
-        ``worst`` (per-point worst case over the adversarial attacks run) and
-        ``strongest`` (the attack with the lowest accuracy) keyed the same way; ``inputs``.
+        ``clean_accuracy``; ``attacks[name]`` with ``accuracy`` and ``flip_rate`` (dicts
+        keyed by ``str(eps)``), and ``nfe`` (field evaluations, forward + backward, summed
+        over the batched solves of crafting and evaluation at every epsilon of the attack),
+        ``nfe_forward`` and ``time_s`` (totals over the attack's epsilons); ``worst``
+        (per-point worst case over the adversarial attacks run) and ``strongest`` (the
+        attack with the lowest accuracy) keyed by ``str(eps)``; ``inputs``.
     """
     settings = settings or AttackSettings()
     bad = [a for a in attacks if a not in ATTACKS]
@@ -117,39 +134,48 @@ def attack_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: S
     if not std > 0:
         raise ValueError(f"std must be positive, got {std!r}")
     square_eps = None if settings.square_epsilons is None else {float(e) for e in settings.square_epsilons}
+    keep = {(a, float(b)) for a, b in keep_inputs}
     was_training = model.training
+    frozen = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     try:
+        for p in frozen:
+            p.requires_grad_(False)
         clean_pred = _predict(model, x, batch_size)
         clean_ok = clean_pred == y
+        n_clean = int(clean_ok.sum())
         out: dict = {"n": len(y), "clean_accuracy": float(clean_ok.float().mean()), "attacks": {},
                      "worst": {}, "strongest": {}, "inputs": {}}
         per_point: dict[str, dict[str, torch.Tensor]] = {}
         for k, name in enumerate(attacks):
-            rec = {key: {} for key in ("accuracy", "flip_rate", "nfe", "nfe_forward", "time_s")}
-            for j, e in enumerate(eps_list):
-                if name == "square" and square_eps is not None and e not in square_eps:
-                    continue
-                if progress is not None:
-                    progress(f"{name} eps={e:g}")
-                gen = torch.Generator().manual_seed(int(seed) * 1000003 + 1009 * k + j)
-                en = e / std  # radius in model units
-                t0 = time.perf_counter()
-                with count_nfe(model) as nfe:
-                    x_adv = _run(name, model, x, y, en, clamp, settings, gen, batch_size)
-                    pred = _predict(model, x_adv, batch_size)
+            if progress is not None:
+                progress(name)
+            cases = [(j, e) for j, e in enumerate(eps_list)
+                     if not (name == "square" and square_eps is not None and e not in square_eps)]
+            rec: dict = {"accuracy": {}, "flip_rate": {}}
+            t0 = time.perf_counter()
+            preds, advs = {}, {}
+            with count_nfe(model) as nfe:
+                run = [(j, e) for j, e in cases if e > 0]
+                gens = [torch.Generator().manual_seed(int(seed) * 1000003 + 1009 * k + j) for j, _ in run]
+                radii = [e / std for _, e in run]  # model units
+                groups = [list(zip(radii, gens))] if settings.batch_epsilons else [[rg] for rg in zip(radii, gens)]
+                crafted = [adv for grp in groups
+                           for adv in _craft(name, model, x, y, grp, clamp, settings, batch_size)]
+                for (j, e), adv in zip(run, crafted):
+                    preds[e], advs[e] = _predict(model, adv, batch_size), adv
+            for j, e in cases:
+                pred = preds.get(e, clean_pred)  # eps = 0: every attack returns x itself
                 ok = pred == y
                 key = str(e)
                 rec["accuracy"][key] = float(ok.float().mean())
-                n_clean = int(clean_ok.sum())
                 rec["flip_rate"][key] = (float((clean_ok & (pred != clean_pred)).sum()) / n_clean
                                          if n_clean else float("nan"))
-                rec["nfe"][key] = nfe.total
-                rec["nfe_forward"][key] = nfe.forward
-                rec["time_s"][key] = time.perf_counter() - t0
                 per_point.setdefault(key, {})[name] = ok
-                if (name, e) in {(a, float(b)) for a, b in keep_inputs}:
-                    out["inputs"][(name, e)] = x_adv
+                if (name, e) in keep:
+                    out["inputs"][(name, e)] = advs.get(e, x.detach().clone())
+            rec["nfe"], rec["nfe_forward"] = nfe.total, nfe.forward
+            rec["time_s"] = time.perf_counter() - t0
             out["attacks"][name] = rec
         for key, by_attack in per_point.items():
             adv = {a: ok for a, ok in by_attack.items() if a in ADVERSARIAL}
@@ -160,26 +186,49 @@ def attack_suite(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: S
             out["strongest"][key] = min(adv, key=lambda a: (float(adv[a].float().mean()), a))
         return out
     finally:
+        for p in frozen:
+            p.requires_grad_(True)
         model.train(was_training)
 
 
-def _run(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, en: float,
-         clamp, settings: AttackSettings, gen: torch.Generator, batch_size: int) -> torch.Tensor:
-    alpha = settings.pgd_alpha_factor * en / settings.pgd_steps
-    if name == "fgsm":
-        return _batched(lambda a, b: fgsm(model, a, b, en, clamp=clamp if en > 0 else None), x, y, batch_size)
-    if name == "pgd":
-        return _batched(lambda a, b: pgd(model, a, b, en, steps=settings.pgd_steps, alpha=alpha,
-                                         clamp=clamp, generator=gen), x, y, batch_size)
-    if name == "transfer":
-        return _batched(lambda a, b: transfer_pgd(model, a, b, en, surrogate=settings.surrogate,
-                                                  steps=settings.pgd_steps, alpha=alpha, clamp=clamp,
-                                                  generator=gen), x, y, batch_size)
-    if name == "square":
-        return _batched(lambda a, b: square_attack(model, a, b, en, queries=settings.square_queries,
-                                                   clamp=clamp, generator=gen), x, y, batch_size)
-    # Gaussian noise of standard deviation en, clipped to the range
-    if en == 0:
-        return x.clone()
-    z = x + en * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
-    return z.clamp(*clamp) if clamp is not None else z
+def _craft(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, group, clamp,
+           settings: AttackSettings, batch_size: int) -> list[torch.Tensor]:
+    """Adversarial (or noisy) inputs for each ``(radius, generator)`` of ``group``, crafted together.
+
+    Chunks of ``batch_size`` points are crafted one after another, each for every radius at
+    once (rows ``[radius 0 | radius 1 | ...]``); each radius's generator is drawn from in the
+    order a separate run on that radius alone would draw from it.
+    """
+    if name == "noise":  # Gaussian noise of standard deviation `radius`, clipped to the range
+        noisy = [x + en * torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device) for en, g in group]
+        return [z.clamp(*clamp) if clamp is not None else z for z in noisy]
+    parts: list[list[torch.Tensor]] = [[] for _ in group]
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size].detach(), y[i:i + batch_size]
+        nb = len(xb)
+        if name == "fgsm":
+            direction = _loss_grad_sign(model, xb, yb)  # the same for every radius
+            for r, (en, _g) in enumerate(group):
+                parts[r].append(_perturb(xb, direction, en, clamp))
+            continue
+        boxes = [linf_box(xb, en, clamp) for en, _g in group]
+        lower = torch.cat([lo for lo, _ in boxes])
+        upper = torch.cat([hi for _, hi in boxes])
+        xs, ys = xb.repeat(len(group), *[1] * (xb.dim() - 1)), yb.repeat(len(group))
+        if name in ("pgd", "transfer"):
+            starts = torch.cat([lo + torch.rand(xb.shape, generator=g, dtype=xb.dtype).to(xb.device) * (hi - lo)
+                                for (lo, hi), (_en, g) in zip(boxes, group)])
+            alpha = torch.cat([torch.full((nb,), settings.pgd_alpha_factor * en / settings.pgd_steps,
+                                          dtype=xb.dtype, device=xb.device) for en, _g in group])
+            if name == "pgd":
+                adv = pgd_rows(model, starts, ys, lower, upper, alpha, steps=settings.pgd_steps)
+            else:
+                with model.using_solver(**dict(settings.surrogate)):
+                    adv = pgd_rows(model, starts, ys, lower, upper, alpha, steps=settings.pgd_steps,
+                                   early_stop=False)
+        else:  # square
+            spans = [(r * nb, (r + 1) * nb, en, g) for r, (en, g) in enumerate(group)]
+            adv = square_rows(model, xs, ys, lower, upper, spans, queries=settings.square_queries)
+        for r in range(len(group)):
+            parts[r].append(adv[r * nb:(r + 1) * nb])
+    return [torch.cat(p) for p in parts]
