@@ -162,3 +162,34 @@ def test_c1_trained_weights_keep_the_bound(ctx):
         assert row["implicit"] <= row["bound"] * (1 + 1e-6)  # measured 0.921 <= 1, 9.71 <= 16
     assert rows["trained nu=0 h=0.25"]["implicit"] <= 1 + 1e-6
     assert abs(rows["trained nu=2 h=0.25"]["bound"] - 16.0) < 1e-12
+
+
+def test_b4_trained_pieces_are_exact_on_linear_fields(ctx):
+    """B4's trained half on ``f(x) = A x``: ``euler_threshold`` is the Euler disk's closed form
+    ``min -2 Re(lam)/|lam|^2``, and the measured tangent growth per step is ``log max|1 + h lam|``,
+    so it turns positive exactly at that step."""
+    from odenet.jobs._stab_train import _euler_growth, euler_threshold
+
+    a, b = -1.0, 3.0  # a complex pair a +- ib and a real eigenvalue -4
+    A = torch.tensor([[a, -b, 0.0], [b, a, 0.0], [0.0, 0.0, -4.0]], dtype=torch.float64)
+    h_star = min(-2 * a / (a * a + b * b), 2 / 4.0)  # 0.2 (the pair) vs 0.5
+    assert abs(float(euler_threshold(A)) - h_star) < 1e-14
+    assert float(euler_threshold(torch.diag(torch.tensor([-1.0, 0.5], dtype=torch.float64)))) == 0.0  # Re >= 0
+    hs = torch.tensor([0.5 * h_star, 0.99 * h_star, 1.01 * h_star, 2 * h_star], dtype=torch.float64)
+    x0 = torch.randn(2, 3, dtype=torch.float64, generator=ctx.generator(1))
+    growth = _euler_growth(lambda t, y: y @ A.T, x0, hs, 400, ctx.generator(2))
+    lam = torch.linalg.eigvals(A)
+    exact = torch.stack([torch.log((1 + h * lam).abs().max()) for h in hs])
+    torch.testing.assert_close(growth, exact, rtol=0, atol=1e-3)  # the dominant direction wins within 200 steps
+    assert all(g < 0 for g in growth.tolist()[:2]) and all(g > 0 for g in growth.tolist()[2:])
+
+
+def test_b4_trained_block_report(ctx):
+    from odenet.jobs._stab_train import b4_trained
+
+    row = b4_trained(ctx)
+    assert row["training loss (first, last)"][1] < row["training loss (first, last)"][0]
+    h_set = row["h* = min -2 Re(lam)/|lam|^2 of J_f where the trajectory settles (t=20)"]
+    assert 0 < row["h* min along the trajectory (t in [0, 20])"] <= h_set
+    # measured 0.239 against h* 0.300 where the flow settles and 0.204 at the trajectory's most restrictive point
+    assert 0.5 < row["ratio measured / h*(settled)"] <= 1.05

@@ -253,13 +253,25 @@ def b4(ctx: Context) -> Claim:
             exp[pname], meas[pname] = h_star, num(got)
             holds &= abs(got - h_star) <= 1e-3 * h_star
         expected[name], measured[name] = exp, meas
+    from ._stab_train import b4_trained
+
+    ctx.tick("B4 trained block")
+    measured["trained block (euler)"] = b4_trained(ctx)
+    expected["trained block (euler)"] = "ratio reported"
     return Claim(
         "B4", "explicit methods blow up (|y_N| > |y_0| after 1000 steps) exactly beyond h* = r/|lam|_max, r the "
-              "real-axis limit of B2",
-        expected, measured, "1e-3 relative", bool(holds),
+              "real-axis limit of B2; for a trained block, the blow-up step against h* from the spectrum of J_f",
+        expected, measured, "1e-3 relative (linear); trained: ratio reported", bool(holds),
         notes="the smallest blow-up step is bracketed in [h*/4, 4h*] and refined on 64-point grids, every "
-              "candidate stepped 1000 times by the method's own step (batched). The trained-block half of B4 "
-              "(blow-up step vs the spectrum of J_f along a trajectory) is not measured yet.")
+              "candidate stepped 1000 times by the method's own step (batched). Trained half: a gradient-flow "
+              "field -K^T tanh(Kx + b) - 0.5 x (ParabolicMLPField, expansion -0.5, dim 8, hidden 32) trained as a "
+              "4-step Euler ResNet (60 Adam steps on a regression target); its blow-up step is the smallest Euler "
+              "step whose 1000 iterates from 8 inputs grow a tangent vector (mean log growth per step over the "
+              "last 500 steps > 0, i.e. dy_N/dy_0 = prod(I + h J_f) expands), bracketed on 16-point grids in 3 "
+              "rounds; h* = min over the eigenvalues of J_f of -2 Re(lam)/|lam|^2 (the Euler disk), where the rk4 "
+              "trajectory of the flow has settled (t = 20) and its minimum along the trajectory (t in [0, 20]). "
+              "The long-run iterate sits near the settled point, so the settled h* is the prediction; a ratio "
+              "below 1 means the iterate went unstable before reaching it.")
 
 
 MEASURES = {"B1": b1, "B2": b2, "B3": b3, "B4": b4}

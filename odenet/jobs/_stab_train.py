@@ -17,7 +17,7 @@ from ..training import build_view_model, fit
 from ._claims import Claim
 from ._stab_common import Context
 
-__all__ = ["MEASURES", "f3", "g3_training", "h3_training", "trained_views"]
+__all__ = ["MEASURES", "b4_trained", "euler_threshold", "f3", "g3_training", "h3_training", "trained_views"]
 
 
 def _circles(ctx: Context):
@@ -71,6 +71,97 @@ def f3(ctx: Context) -> Claim:
                        "the mean log sigma_max(dx(T)/dx(0)) over 4 test points (stem outputs), T = 1..4, with the "
                        "view's own method (fixed methods at 4 steps per unit time, dopri5 at rtol 1e-5, implicit "
                        "solves by newton at root_rtol 1e-10). Accuracies are those of a few epochs, not converged.")
+
+
+def euler_threshold(J: torch.Tensor) -> torch.Tensor:
+    """The largest Euler step ``h`` with every ``h lam`` of ``J`` (``[..., d, d]``) in the
+    stability disk ``|1 + h lam| <= 1``: ``min -2 Re(lam) / |lam|^2``; 0 when an eigenvalue has
+    ``Re(lam) >= 0`` (no step keeps that direction from growing)."""
+    lam = torch.linalg.eigvals(J)
+    re, mag2 = lam.real, lam.abs() ** 2
+    per = torch.where(re < 0, -2 * re / torch.where(mag2 > 0, mag2, torch.ones_like(mag2)), torch.zeros_like(re))
+    return per.min(dim=-1).values
+
+
+def _euler_growth(field, x0: torch.Tensor, hs: torch.Tensor, n_steps: int, gen: torch.Generator) -> torch.Tensor:
+    """Per step size ``h`` (``[H]``): the largest mean log growth per step of a tangent vector
+    of ``n_steps`` Euler steps ``x -> x + h f(x)`` from each point of ``x0`` (``[P, d]``), over
+    the second half of the steps (the first settles): > 0 means the iterate is unstable
+    (forward blow-up is gradient blow-up, ``dy_N/dy_0 = prod (I + h J_f)``)."""
+    H, (P, d) = hs.shape[0], x0.shape
+    x = x0.repeat(H, 1)  # (H P, d): every candidate step from every point, one batch
+    h = hs.repeat_interleave(P)[:, None]
+    v = torch.randn(H * P, d, dtype=x.dtype, generator=gen)
+    v = v / v.norm(dim=1, keepdim=True)
+    logs = torch.zeros(H * P, dtype=x.dtype)
+    t0 = torch.zeros((), dtype=x.dtype)
+    f = lambda y: field(t0, y)  # noqa: E731
+    for n in range(n_steps):
+        fx, jv = torch.func.jvp(f, (x,), (v,))
+        x, v = x + h * fx, v + h * jv
+        norm = v.norm(dim=1)
+        if n >= n_steps // 2:
+            logs += torch.log(norm)
+        v = v / norm[:, None]
+        if not bool(torch.isfinite(x).all()):
+            x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)  # that candidate is unstable already
+            logs = torch.where(torch.isfinite(logs), logs, torch.full_like(logs, float("inf")))
+    return (logs / (n_steps - n_steps // 2)).reshape(H, P).max(dim=1).values
+
+
+def b4_trained(ctx: Context) -> dict:
+    """CLAIMS.md B4's trained half: the Euler step at which a trained block's field makes the
+    iterate unstable, against ``h*`` predicted from the spectrum of ``J_f`` along its trajectory.
+
+    The block: a gradient-flow field ``-K^T tanh(K x + b) - 0.5 x`` (:class:`ParabolicMLPField`,
+    expansion -0.5: its Jacobian is symmetric negative definite, so the flow settles and
+    ``h*`` is defined) trained as a 4-step Euler ResNet on a regression target."""
+    from ..fields import ParabolicMLPField
+
+    dim = 8
+    gen = ctx.generator(44)
+    x = torch.randn(64, dim, dtype=torch.float64, generator=gen)
+    target = 2 * torch.tanh(x @ torch.randn(dim, dim, dtype=torch.float64, generator=gen))
+    ctx.manual_seed(45)
+    field = ParabolicMLPField(dim, hidden=32, expansion=-0.5).double()
+    block = ODEBlock(field, method="euler", steps=4, t1=1.0)
+    opt = torch.optim.Adam(field.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(200 if ctx.full else 60):
+        opt.zero_grad()
+        loss = ((block(x) - target) ** 2).mean()
+        losses.append(float(loss.detach()))
+        loss.backward()
+        opt.step()
+    field.requires_grad_(False)
+    x0 = x[:8]
+    t0 = torch.zeros((), dtype=x0.dtype)
+    with torch.no_grad():  # the flow's trajectory from the inputs (rk4, dt 0.05, to t = 20): where it settles
+        import solvers
+
+        traj = solvers.odeint(field, x0, torch.linspace(0.0, 20.0, 81, dtype=x0.dtype), method="rk4",
+                              options=dict(step_size=0.05))
+    J = torch.func.vmap(torch.func.jacrev(lambda y: field(t0, y[None])[0]))(traj.reshape(-1, dim))  # (81 P, d, d)
+    h_traj = euler_threshold(J).reshape(81, -1)  # (times, points)
+    h_end, h_min = float(h_traj[-1].min()), float(h_traj.min())
+    lo, hi = 0.05 * h_end, 4.0 * h_end
+    with torch.no_grad():
+        for rnd in range(3):  # bracket the first unstable step on a grid, then refine
+            hs = torch.as_tensor(np.geomspace(lo, hi, 16) if rnd == 0 else np.linspace(lo, hi, 16), dtype=x0.dtype)
+            growth = _euler_growth(field, x0, hs, 1000, ctx.generator(46))
+            bad = torch.nonzero(growth > 0)[:, 0]
+            if bad.numel() == 0 or int(bad[0]) == 0:
+                return {"measured blow-up step": None, "h* settled": h_end,
+                        "note": f"no bracket in [{lo:.3g}, {hi:.3g}]", "loss": [losses[0], losses[-1]]}
+            i = int(bad[0])
+            lo, hi = float(hs[i - 1]), float(hs[i])
+    measured = 0.5 * (lo + hi)
+    return {"measured blow-up step (Euler, 1000 steps)": measured,
+            "h* = min -2 Re(lam)/|lam|^2 of J_f where the trajectory settles (t=20)": h_end,
+            "h* min along the trajectory (t in [0, 20])": h_min,
+            "ratio measured / h*(settled)": measured / h_end,
+            "ratio measured / h*(min along)": measured / h_min,
+            "training loss (first, last)": [losses[0], losses[-1]]}
 
 
 def g3_training(ctx: Context) -> dict:
