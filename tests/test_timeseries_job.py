@@ -68,3 +68,6 @@ def test_timeseries_cli_tiny(tmp_path):
     bad = subprocess.run(cmd[:4] + ["--data", "NoSuchSet", "--out", str(tmp_path / "x")], capture_output=True,
                          text=True, env=env, cwd=ROOT, timeout=600)
     assert bad.returncode == 2 and "not in the bundled" in bad.stderr
+    bad = subprocess.run(cmd[:4] + ["--time-scale", "0", "--out", str(tmp_path / "y")], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=600)
+    assert bad.returncode == 2 and "--time-scale" in bad.stderr
