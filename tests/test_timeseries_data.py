@@ -137,7 +137,7 @@ def test_uea_time_scale_multiplies_the_sample_index():
         assert torch.equal(a.times[0, :n], torch.arange(n, dtype=torch.float64))
         torch.testing.assert_close(b.times, a.times * 0.1, rtol=0, atol=1e-15)
     assert scaled.info["time_scale"] == 0.1 and "x 0.1" in scaled.description
-    for bad in (0, -1.0, float("nan"), float("inf"), "0.1"):
+    for bad in (0, -1.0, float("nan"), float("inf"), "0.1", True):
         with pytest.raises(ValueError, match="time_scale"):
             load_uea("JapaneseVowels", time_scale=bad)
 

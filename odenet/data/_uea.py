@@ -7,10 +7,9 @@ installed). The packages are only located, never imported: the ``.ts`` format is
 here. JapaneseVowels (12 channels, lengths 7-29, 9 classes, 270 train / 370 test) is the
 default set of ``odenet timeseries``.
 
-Series are indexed by their sample number (time ``0, 1, ..., T_i - 1``, times ``time_scale``);
-variable lengths
-are kept (padded, see :mod:`odenet.data._irregular`), missing values (``?``/``NaN``) get
-mask 0, and every channel is standardised with the training split's observed values.
+Series are indexed by their sample number (the ``k``-th sample at time ``k * time_scale``,
+by default the sample index ``0, 1, ..., T_i - 1``); variable lengths are kept (padded, see
+:mod:`odenet.data._irregular`), missing values (``?``/``NaN``) get mask 0, and every channel is standardised with the training split's observed values.
 """
 
 from __future__ import annotations
@@ -113,7 +112,8 @@ def load_uea(name: str = "JapaneseVowels", *, time_scale: float = 1.0) -> Series
         ``name`` is not bundled (the message lists close matches and the bundled names);
         ``time_scale`` is not a positive finite number.
     """
-    if not (isinstance(time_scale, (int, float)) and 0 < float(time_scale) < float("inf")):
+    if isinstance(time_scale, bool) or not (isinstance(time_scale, (int, float))
+                                            and 0 < float(time_scale) < float("inf")):
         raise ValueError(f"time_scale must be a positive finite number (the time between two samples), "
                          f"got {time_scale!r}")
     sets = uea_datasets()

@@ -103,7 +103,8 @@ class TimeseriesConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not (isinstance(self.time_scale, (int, float)) and 0 < float(self.time_scale) < float("inf")):
+        if isinstance(self.time_scale, bool) or not (isinstance(self.time_scale, (int, float))
+                                                     and 0 < float(self.time_scale) < float("inf")):
             raise ValueError(f"time_scale must be a positive finite number, got {self.time_scale!r}")
         for name in self.data:
             if name not in _SYNTHETIC and name not in uea_datasets():
