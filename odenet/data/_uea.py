@@ -9,7 +9,8 @@ default set of ``odenet timeseries``.
 
 Series are indexed by their sample number (the ``k``-th sample at time ``k * time_scale``,
 by default the sample index ``0, 1, ..., T_i - 1``); variable lengths are kept (padded, see
-:mod:`odenet.data._irregular`), missing values (``?``/``NaN``) get mask 0, and every channel is standardised with the training split's observed values.
+:mod:`odenet.data._irregular`), missing values (``?``/``NaN``) get mask 0, and every channel
+is standardised with the training split's observed values.
 """
 
 from __future__ import annotations
