@@ -332,6 +332,8 @@ def _timeseries_parser(sub) -> None:
     ts.add_argument("--lr", type=_positive_float, default=1e-2, help="Adam learning rate (default 1e-2)")
     ts.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
     ts.add_argument("--hidden", type=_positive_int, default=32, help="hidden state size (default 32)")
+    ts.add_argument("--time-scale", type=_positive_float, default=0.1,
+                    help="time between two samples of a UEA/UCR series (default 0.1)")
     ts.add_argument("--n-sines", type=_positive_int, default=1000, help="periodic-sines series (default 1000)")
     ts.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"), help="device (default cpu)")
     ts.add_argument("--limit-train", type=_positive_int, default=None, help="use only the first N training series")
@@ -356,7 +358,8 @@ def _run_timeseries(args: argparse.Namespace) -> int:
     report = timeseries(TimeseriesConfig(
         data=args.data, drop=args.drop, models=args.models, epochs=args.epochs,
         **({"batch_size": args.batch_size, "batch_size_regression": args.batch_size} if args.batch_size else {}),
-        lr=args.lr, seed=args.seed, hidden=args.hidden, n_sines=args.n_sines, device=args.device, out=args.out,
+        lr=args.lr, seed=args.seed, hidden=args.hidden, n_sines=args.n_sines,
+        time_scale=args.time_scale, device=args.device, out=args.out,
         quiet=args.quiet, plots=not args.no_plots, limit_train=args.limit_train, limit_test=args.limit_test,
         method=args.method, steps=args.steps, rtol=args.rtol, atol=args.atol, gradient=args.gradient))
     if args.quiet:

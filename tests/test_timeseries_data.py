@@ -129,6 +129,19 @@ def test_uea_loader_japanese_vowels_and_close_matches():
         load_uea("japanesevowel")
 
 
+def test_uea_time_scale_multiplies_the_sample_index():
+    base, scaled = load_uea("JapaneseVowels"), load_uea("JapaneseVowels", time_scale=0.1)
+    for a, b in ((base.train, scaled.train), (base.test, scaled.test)):
+        assert torch.equal(a.values, b.values) and torch.equal(a.mask, b.mask) and torch.equal(a.lengths, b.lengths)
+        n = int(a.lengths[0])
+        assert torch.equal(a.times[0, :n], torch.arange(n, dtype=torch.float64))
+        torch.testing.assert_close(b.times, a.times * 0.1, rtol=0, atol=1e-15)
+    assert scaled.info["time_scale"] == 0.1 and "x 0.1" in scaled.description
+    for bad in (0, -1.0, float("nan"), float("inf"), "0.1", True):
+        with pytest.raises(ValueError, match="time_scale"):
+            load_uea("JapaneseVowels", time_scale=bad)
+
+
 def test_synthetic_sets_deterministic():
     a, b = periodic_sines(50, seed=3), periodic_sines(50, seed=3)
     assert torch.equal(a.train.values, b.train.values) and torch.equal(a.target_test.times, b.target_test.times)

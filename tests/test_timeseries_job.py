@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import odenet
 
@@ -42,6 +43,20 @@ def test_timeseries_bad_names_before_work(tmp_path):
         odenet.timeseries(models=["gru_dt"], out=str(tmp_path / "file"), quiet=True)
 
 
+def test_timeseries_time_scale_applies_to_uea_sets_only(tmp_path):
+    from odenet.jobs import TimeseriesConfig, load_series_data
+
+    assert TimeseriesConfig().time_scale == 0.1  # the job's default (docs/timeseries.md)
+    d = load_series_data("JapaneseVowels", time_scale=0.1)
+    n = int(d.train.lengths[0])
+    torch.testing.assert_close(d.train.times[0, :n], torch.arange(n, dtype=torch.float64) * 0.1)
+    s1, s2 = load_series_data("sines", n_sines=8), load_series_data("sines", n_sines=8, time_scale=0.1)
+    assert torch.equal(s1.train.times, s2.train.times)
+    with pytest.raises(ValueError, match="time_scale"):
+        odenet.timeseries(models=["gru_dt"], time_scale=0.0, out=str(tmp_path / "o"), quiet=True)
+    assert not (tmp_path / "o").exists()
+
+
 def test_timeseries_cli_tiny(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "odenet", "timeseries", "--data", "JapaneseVowels", "--drop", "0.5",
@@ -53,3 +68,6 @@ def test_timeseries_cli_tiny(tmp_path):
     bad = subprocess.run(cmd[:4] + ["--data", "NoSuchSet", "--out", str(tmp_path / "x")], capture_output=True,
                          text=True, env=env, cwd=ROOT, timeout=600)
     assert bad.returncode == 2 and "not in the bundled" in bad.stderr
+    bad = subprocess.run(cmd[:4] + ["--time-scale", "0", "--out", str(tmp_path / "y")], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=600)
+    assert bad.returncode == 2 and "--time-scale" in bad.stderr

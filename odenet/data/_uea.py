@@ -7,9 +7,10 @@ installed). The packages are only located, never imported: the ``.ts`` format is
 here. JapaneseVowels (12 channels, lengths 7-29, 9 classes, 270 train / 370 test) is the
 default set of ``odenet timeseries``.
 
-Series are indexed by their sample number (time ``0, 1, ..., T_i - 1``); variable lengths
-are kept (padded, see :mod:`odenet.data._irregular`), missing values (``?``/``NaN``) get
-mask 0, and every channel is standardised with the training split's observed values.
+Series are indexed by their sample number (the ``k``-th sample at time ``k * time_scale``,
+by default the sample index ``0, 1, ..., T_i - 1``); variable lengths are kept (padded, see
+:mod:`odenet.data._irregular`), missing values (``?``/``NaN``) get mask 0, and every channel
+is standardised with the training split's observed values.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def _parse_ts(path: Path) -> tuple[list, list, list]:
     return series, labels, classes
 
 
-def _to_tensors(series: list) -> tuple[list, list]:
+def _to_tensors(series: list, time_scale: float = 1.0) -> tuple[list, list]:
     times, values = [], []
     for s in series:
         length = max(len(c) for c in s)
@@ -94,22 +95,28 @@ def _to_tensors(series: list) -> tuple[list, list]:
         if last == 0:
             raise ValueError("a series in the file has no observed value")
         values.append(arr[:last])
-        times.append(torch.arange(last, dtype=torch.float64))
+        times.append(torch.arange(last, dtype=torch.float64) * time_scale)
     return times, values
 
 
-def load_uea(name: str = "JapaneseVowels") -> SeriesData:
+def load_uea(name: str = "JapaneseVowels", *, time_scale: float = 1.0) -> SeriesData:
     """Load the bundled UEA/UCR classification set ``name`` (no downloads).
 
     Returns a :class:`~odenet.data.SeriesData` with ``task="classification"``, labels
     ``0..K-1`` (in the order of the file's ``@classLabel`` line) and channels
-    standardised by the training split.
+    standardised by the training split. The ``k``-th sample of a series is at time
+    ``k * time_scale`` (``odenet timeseries`` uses 0.1; see docs/timeseries.md).
 
     Raises
     ------
     ValueError
-        ``name`` is not bundled (the message lists close matches and the bundled names).
+        ``name`` is not bundled (the message lists close matches and the bundled names);
+        ``time_scale`` is not a positive finite number.
     """
+    if isinstance(time_scale, bool) or not (isinstance(time_scale, (int, float))
+                                            and 0 < float(time_scale) < float("inf")):
+        raise ValueError(f"time_scale must be a positive finite number (the time between two samples), "
+                         f"got {time_scale!r}")
     sets = uea_datasets()
     if name not in sets:
         if not sets:
@@ -129,15 +136,17 @@ def load_uea(name: str = "JapaneseVowels") -> SeriesData:
     unknown = sorted(set(tr_labels + te_labels) - set(index))
     if unknown:
         raise ValueError(f"{name}: labels {unknown[:5]} are not declared in @classLabel")
-    train = pad_series(*_to_tensors(tr_series))
-    test = pad_series(*_to_tensors(te_series))
+    train = pad_series(*_to_tensors(tr_series, float(time_scale)))
+    test = pad_series(*_to_tensors(te_series, float(time_scale)))
     train, test, mean, std = standardise(train, test)
     lengths = torch.cat([train.lengths, test.lengths])
     desc = (f"{name} from the UEA/UCR archive copy bundled in {folder.parent.parent.parent.name} "
             f"({folder}); {len(train)} train / {len(test)} test series, {train.channels} channel(s), "
-            f"lengths {int(lengths.min())}-{int(lengths.max())}, {len(classes)} classes; time = sample index")
+            f"lengths {int(lengths.min())}-{int(lengths.max())}, {len(classes)} classes; "
+            f"time = sample index x {float(time_scale):g}")
     return SeriesData(name=name, task="classification", train=train, test=test,
                       y_train=torch.tensor([index[c] for c in tr_labels]),
                       y_test=torch.tensor([index[c] for c in te_labels]), num_classes=len(classes),
                       description=desc, info={"source": str(folder), "classes": classes,
-                                              "mean": mean.tolist(), "std": std.tolist()})
+                                              "mean": mean.tolist(), "std": std.tolist(),
+                                              "time_scale": float(time_scale)})
