@@ -263,8 +263,9 @@ def b4(ctx: Context) -> Claim:
               "real-axis limit of B2; for a trained block, the blow-up step against h* from the spectrum of J_f",
         expected, measured, "1e-3 relative (linear); trained: ratio reported", bool(holds),
         notes="the smallest blow-up step is bracketed in [h*/4, 4h*] and refined on 64-point grids, every "
-              "candidate stepped 1000 times by the method's own step (batched). Trained half: a gradient-flow "
-              "field -K^T tanh(Kx + b) - 0.5 x (ParabolicMLPField, expansion -0.5, dim 8, hidden 32) trained as a "
+              "candidate stepped 1000 times by the method's own step (batched). Trained half: a parabolic "
+              "field -K^T tanh(Kx + b) + (A - A^T) x - 0.5 x (ParabolicMLPField, expansion -0.5: every eigenvalue of "
+              "J_f has Re <= -0.5; dim 8, hidden 32) trained as a "
               "4-step Euler ResNet (60 Adam steps on a regression target); its blow-up step is the smallest Euler "
               "step whose 1000 iterates from 8 inputs grow a tangent vector (mean log growth per step over the "
               "last 500 steps > 0, i.e. dy_N/dy_0 = prod(I + h J_f) expands), bracketed on 16-point grids in 3 "

@@ -113,9 +113,10 @@ def b4_trained(ctx: Context) -> dict:
     """CLAIMS.md B4's trained half: the Euler step at which a trained block's field makes the
     iterate unstable, against ``h*`` predicted from the spectrum of ``J_f`` along its trajectory.
 
-    The block: a gradient-flow field ``-K^T tanh(K x + b) - 0.5 x`` (:class:`ParabolicMLPField`,
-    expansion -0.5: its Jacobian is symmetric negative definite, so the flow settles and
-    ``h*`` is defined) trained as a 4-step Euler ResNet on a regression target."""
+    The block: a parabolic field ``-K^T tanh(K x + b) + (A - A^T) x - 0.5 x``
+    (:class:`ParabolicMLPField`, expansion -0.5: the symmetric part of its Jacobian is at most
+    ``-0.5 I``, so every eigenvalue has ``Re <= -0.5``, the flow settles and ``h*`` is defined)
+    trained as a 4-step Euler ResNet on a regression target."""
     from ..fields import ParabolicMLPField
 
     dim = 8
