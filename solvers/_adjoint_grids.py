@@ -1,9 +1,20 @@
 """The continuous adjoint on a per-sample time grid (``t`` of shape ``[B, T]``).
 
-Backward runs output interval by output interval, ``t[:, i] -> t[:, i-1]`` for every
-sample at once, as a per-sample-grid solve of the augmented state ``(y, a)`` (stacked on
-dim 1, ``[B, 2, ...]``): each sample integrates its own interval with its own step sizes
-and accept/reject decisions, and a padded interval (zero length) costs nothing.
+Backward is one per-sample-grid solve of the augmented state ``(y, a)`` (stacked on dim 1,
+``[B, 2, ...]``) over each sample's own times reversed, with every output time a stop
+(``adaptive_batched(..., jump=...)``): each sample's steps land on its next output time,
+where its adjoint gains ``dL/dy(t_i)`` and its state restarts from the stored forward
+state, while the other samples go on stepping. Every sample has its own step sizes and
+accept/reject decisions across the whole backward pass, so the batch takes as many batched
+steps as its slowest sample (an interval-by-interval pass in lockstep took the sum over
+intervals of the slowest sample there: 43 batched steps against 26 on
+``bench_batched_grids``). Padding (repeats of the last time) costs nothing: its cotangents
+add up at the start. Fixed-step backward methods run interval by interval.
+
+At every stop the rebuilt state is compared with the stored one, per sample, in units of
+the forward tolerance (:mod:`solvers._adjoint_rebuild`); the largest mismatch is read once
+at the end, recorded as ``Stats.adjoint_rebuild_error`` and, beyond ``rebuild_tol``, raised
+as :class:`solvers.AdjointRebuildError` naming the sample and its time.
 
 The parameter adjoint ``a_p = int a^T df/dp`` is shared by all samples, but they take
 different steps, so it is not carried in the state. It is accumulated as the Runge–Kutta
@@ -17,13 +28,16 @@ for the backward solve.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
-from ._grids import batch_rms_norm, expand_b
+from ._adjoint_rebuild import DEFAULT_REBUILD_TOL
+from ._grids import batch_rms_norm, expand_b, fixed_batched
+from ._grids_adaptive import adaptive_batched
 from ._problem import VectorField, with_time_dtype
-from ._solution import Stats, exception_for
+from ._solution import AdjointRebuildError, Stats, exception_for
 
 __all__ = ["check_batched_backward", "backward_batched"]
 
@@ -84,16 +98,16 @@ class _ParamQuadrature:
         outs, cots = [], []
         with torch.enable_grad():
             for j, c in self.terms:
-                if j == 0:  # f0 may stem from different steps per sample: evaluate it again
+                rec = aug.stash.get(id(res.ks[j]))
+                if rec is not None:
+                    gy, a = rec
+                elif j == 0:  # an f0 reused from an earlier step (FSAL; per sample a different one): evaluate it again
                     yv = res.y0[:, 0].detach()
                     gy = aug.g(-res.ts[0], yv)
                     a = res.y0[:, 1]
                     self.stats.n_f_evals += 1
                 else:
-                    rec = aug.stash.get(id(res.ks[j]))
-                    if rec is None:
-                        continue
-                    gy, a = rec
+                    continue
                 if not gy.requires_grad:
                     continue
                 outs.append(gy)
@@ -110,22 +124,23 @@ def backward_batched(bw, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.T
     """Gradients of a per-sample-grid solve: ``(dL/dy0, dL/dt or None, [dL/dp])``."""
     from ._adjoint import backward_errors
     from ._api import _build_config, _check_batched_config
-    from ._grids import fixed_batched
-    from ._grids_adaptive import adaptive_batched
     from ._registry import get_method
 
     prob = bw.prob
     params = bw.params
     n = ys.shape[0]
+    B = ys.shape[1]
     dtype = prob.y0.dtype
+    dev = prob.y0.device
     sign = -1.0 if prob.reverse else 1.0
     func = with_time_dtype(prob.func, prob.field.time_dtype)
-    t_user = (sign * t_int.detach())[:, :n]  # (B, n) the user's times
+    tau = t_int.detach()[:, :n]  # (B, n) increasing: the loop's forward-oriented time
+    t_user = sign * tau  # the user's times
 
-    def g(tau, y):  # the field in forward-oriented time tau
+    def g(tau_, y):  # the field in forward-oriented time tau
         if prob.reverse:
-            return -func(-tau, y)
-        return func(tau, y)
+            return -func(-tau_, y)
+        return func(tau_, y)
 
     method = bw.method
     if isinstance(method, str):
@@ -133,59 +148,129 @@ def backward_batched(bw, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.T
     opts = {k: v for k, v in bw.options.items() if k != "norm"}
     aug = _AugField(g, params)
     bstats = Stats()
-    acc = [torch.zeros(p.shape, dtype=dtype, device=prob.y0.device) for p in params]
+    acc = [torch.zeros(p.shape, dtype=dtype, device=dev) for p in params]
     hook = _ParamQuadrature(aug, method, params, acc, bstats)
     grad_ys = grad_ys.to(dtype)
-    a = grad_ys[n - 1]
+    lengths = 1 + (tau[:, 1:] > tau[:, :-1]).sum(dim=1)  # (B,) padding repeats the last time
     g_t = torch.zeros(t_int.shape, dtype=t_int.dtype, device=t_int.device) if need_t else None
-    tau = t_int.detach()
     extra_f = 0
-    h_carry = None  # adaptive: each interval starts from the step sizes the last one ended with
+    check = _RebuildCheck(bw, B, dev)
     with torch.no_grad():
-        for i in range(n - 1, 0, -1):
-            if need_t:
+        if need_t:
+            for i in range(1, n):
                 g_t[:, i] = _dot(func(t_user[:, i].to(t_int.dtype), ys[i]), grad_ys[i]).to(g_t.dtype)
                 extra_f += 1
-            z0 = torch.stack([ys[i], a], dim=1)  # (B, 2, ...)
-            s = torch.stack([-tau[:, i], -tau[:, i - 1]], dim=1)  # (B, 2) increasing
-            field = VectorField(aug, z0, None, bstats, time_dtype=prob.field.time_dtype)
-            cfg = _build_config(method, dict(opts), _aug_tol(bw.rtol, ys[i]), _aug_tol(bw.atol, ys[i]), None, False, z0)
-            _check_batched_config(method, cfg, opts)
-            cfg.reverse = not prob.reverse  # the loop runs in -tau: messages show the user's t
-            cfg.norm = _seminorm
-            lengths = 1 + (s[:, 1] > s[:, 0]).long()
-            with backward_errors(f"integrating from t={float(t_user[0, i]):.6g} to t={float(t_user[0, i - 1]):.6g} (sample 0's times)"):
-                if method.adaptive:
-                    out = adaptive_batched(field, z0, s, lengths, method, cfg, bstats, on_step=hook, h_init=h_carry if cfg.first_step is None else None)
-                    h_carry = out.h_next
-                else:
-                    out = fixed_batched(field, z0, s, lengths, method, cfg, bstats, on_step=hook)
-            ys_b = out.ys if isinstance(out.ys, torch.Tensor) else torch.stack(out.ys)
-            if not out.status.ok:
-                _record(prob.stats, bstats, extra_f)
-                t_fail = None if out.t_fail is None else sign * -out.t_fail
-                where = f" at t={t_fail:.6g}" if t_fail is not None else ""
-                b = out.sample if out.sample is not None else 0
-                msg = (
-                    f"{out.status.value} This happened in the backward (adjoint) pass{where}, integrating sample {b} "
-                    f"from t={float(t_user[b, i]):.6g} to t={float(t_user[b, i - 1]):.6g}: {out.detail}. "
-                    "Try other `adjoint_rtol`/`adjoint_atol`, `adjoint_options` or `adjoint_method`."
-                )
-                raise exception_for(out.status)(msg, t=t_fail)
-            a = ys_b[-1][:, 1] + grad_ys[i - 1]
+        # the backward grid of each sample: its own times reversed, s = -tau, padding (which
+        # repeats the last time) folded into the start: backward index k is output
+        # idx[b, k] = max(L_b - 1 - k, 0); the cotangents of the padded outputs add up at the start
+        k = torch.arange(n, device=dev)
+        idx = (lengths[:, None] - 1 - k[None, :]).clamp(min=0)  # (B, n)
+        s_grid = -tau.gather(1, idx)  # (B, n) increasing, ending with repeats of -tau[:, 0]
+        cols = torch.arange(B, device=dev)[None, :]
+        y_store = ys[idx.T, cols]  # (n, B, ...) the stored state at backward index k
+        g_store = grad_ys[idx.T, cols]
+        pad = (k[:, None] >= (lengths - 1)[None, :])  # (n, B): the last time and its repeats
+        a0 = torch.where(pad.reshape(*pad.shape, *([1] * (grad_ys.ndim - 2))), grad_ys, torch.zeros_like(grad_ys)).sum(dim=0)
+        z0 = torch.stack([y_store[0], a0], dim=1)  # (B, 2, ...)
+        field = VectorField(aug, z0, None, bstats, time_dtype=prob.field.time_dtype)
+        cfg = _build_config(method, dict(opts), _aug_tol(bw.rtol, ys[0]), _aug_tol(bw.atol, ys[0]), None, False, z0)
+        _check_batched_config(method, cfg, opts)
+        cfg.reverse = not prob.reverse  # the loop runs in -tau: messages show the user's t
+        cfg.norm = _seminorm
+        if method.adaptive:
+            def jump(z, landed, j):
+                jj = j.clamp(min=0)[None, :, None].expand(1, B, y_store[0].reshape(B, -1).shape[1])
+                y_st = y_store.reshape(n, B, -1).gather(0, jj)[0].reshape(y_store.shape[1:])
+                g_st = g_store.reshape(n, B, -1).gather(0, jj)[0].reshape(y_store.shape[1:])
+                check.add(z[:, 0], y_st, landed, s_grid.gather(1, j.clamp(min=0)[:, None])[:, 0])
+                zj = torch.stack([y_st, z[:, 1] + g_st], dim=1)
+                return torch.where(expand_b(landed, z), zj, z)
+
+            with backward_errors("integrating every sample's grid backwards"):
+                out = adaptive_batched(field, z0, s_grid, lengths, method, cfg, bstats, on_step=hook, jump=jump)
+            _raise_failed(out, prob, bstats, extra_f, sign, s_grid, idx, t_user)
+            a = out.ys[-1][:, 1]
+        else:  # fixed steps: interval by interval (each sample's grid on its own interval)
+            a = a0
+            for kb in range(1, n):
+                z0 = torch.stack([y_store[kb - 1], a], dim=1)
+                s = s_grid[:, kb - 1 : kb + 1]
+                live = 1 + (s[:, 1] > s[:, 0]).long()
+                field = VectorField(aug, z0, None, bstats, time_dtype=prob.field.time_dtype)
+                with backward_errors("integrating every sample's grid backwards"):
+                    out = fixed_batched(field, z0, s, live, method, cfg, bstats, on_step=hook)
+                _raise_failed(out, prob, bstats, extra_f, sign, s, idx[:, kb - 1 : kb + 1], t_user)
+                zend = (out.ys if isinstance(out.ys, torch.Tensor) else torch.stack(out.ys))[-1]
+                landed = live > 1
+                check.add(zend[:, 0], y_store[kb], landed, s[:, 1])
+                a = torch.where(expand_b(landed, a), zend[:, 1] + g_store[kb], a)
         if need_t:
             g_t[:, 0] = -_dot(func(t_user[:, 0].to(t_int.dtype), ys[0]), a - grad_ys[0]).to(g_t.dtype)
             extra_f += 1
             if prob.reverse:
                 g_t = -g_t
             # padding repeats the last time: its outputs are that time's, and so is its gradient
-            lengths = 1 + (tau[:, 1:] > tau[:, :-1]).sum(dim=1)  # (B,)
-            pad = torch.arange(g_t.shape[1], device=g_t.device)[None, :] >= lengths[:, None]
-            moved = torch.where(pad, g_t, torch.zeros_like(g_t)).sum(dim=1)
-            g_t = torch.where(pad, torch.zeros_like(g_t), g_t)
+            padt = torch.arange(g_t.shape[1], device=g_t.device)[None, :] >= lengths[:, None]
+            moved = torch.where(padt, g_t, torch.zeros_like(g_t)).sum(dim=1)
+            g_t = torch.where(padt, torch.zeros_like(g_t), g_t)
             g_t.scatter_add_(1, (lengths - 1)[:, None], moved[:, None])
     _record(prob.stats, bstats, extra_f)
+    check.finish(prob, sign)
     return a, g_t, [gp.to(p.dtype) for gp, p in zip(acc, params)]
+
+
+class _RebuildCheck:
+    """The rebuilt-state check per sample: the largest mismatch (in tolerance units, as
+    :func:`solvers._adjoint_rebuild.rebuild_error`) of each sample's rebuilt state with
+    its stored forward states, kept on the device and read once at the end."""
+
+    def __init__(self, bw, B: int, dev):
+        self.rtol, self.atol = bw.rtol, bw.atol
+        self.worst = torch.zeros(B, dtype=torch.float64, device=dev)
+        self.at = torch.zeros(B, dtype=torch.float64, device=dev)
+
+    def add(self, y_reb: torch.Tensor, y_st: torch.Tensor, landed: torch.Tensor, s_at: torch.Tensor) -> None:
+        B = y_st.shape[0]
+        ya = torch.abs(y_st).reshape(B, -1)
+        scale = (self.atol + self.rtol * torch.abs(y_st)).reshape(B, -1)
+        if ya.shape[1]:
+            scale = torch.maximum(scale, torch.finfo(ya.dtype).eps * ya.amax(dim=1, keepdim=True))
+            err = (torch.abs(y_reb - y_st).reshape(B, -1) / scale).amax(dim=1).to(torch.float64)
+        else:
+            err = torch.zeros(B, dtype=torch.float64, device=y_st.device)
+        err = torch.nan_to_num(err, nan=math.inf, posinf=math.inf)
+        worse = landed & (err > self.worst)
+        self.worst = torch.where(worse, err, self.worst)
+        self.at = torch.where(worse, s_at.to(torch.float64), self.at)
+
+    def finish(self, prob, sign: float) -> None:
+        bound = prob.gradient_options.get("rebuild_tol")
+        bound = DEFAULT_REBUILD_TOL if bound is None else float(bound)
+        err, b = (v.item() for v in self.worst.max(dim=0))
+        prob.stats.adjoint_rebuild_error = max(prob.stats.adjoint_rebuild_error, err)
+        if err > bound:
+            t_at = float(sign * -self.at[b])
+            raise AdjointRebuildError(
+                f"{AdjointRebuildError.status.value} At t={t_at:.6g} the state of sample {b} rebuilt backwards is "
+                f"{err:.3g} x the tolerance away from the stored forward state (bound rebuild_tol={bound:g}). "
+                "On a per-sample `t` use gradient='checkpoint' or 'direct' (gradient='checkpointed_adjoint' runs on a "
+                "shared 1-D `t` only).", t=t_at)
+
+
+def _raise_failed(out, prob, bstats, extra_f, sign, s_grid, idx, t_user) -> None:
+    """Raise the dedicated exception of a failed backward solve, naming the sample and interval."""
+    if out.status.ok:
+        return
+    _record(prob.stats, bstats, extra_f)
+    t_fail = None if out.t_fail is None else sign * -out.t_fail
+    where = f" at t={t_fail:.6g}" if t_fail is not None else ""
+    b = out.sample if out.sample is not None else 0
+    msg = (
+        f"{out.status.value} This happened in the backward (adjoint) pass{where}, integrating sample {b} "
+        f"backwards from t={float(t_user[b, idx[b, 0]]):.6g} towards t={float(t_user[b, idx[b, -1]]):.6g}: {out.detail}. "
+        "Try other `adjoint_rtol`/`adjoint_atol`, `adjoint_options` or `adjoint_method`."
+    )
+    raise exception_for(out.status)(msg, t=t_fail)
 
 
 def _seminorm(x: torch.Tensor) -> torch.Tensor:

@@ -106,15 +106,23 @@ def _initial_step(field, t0, tdt, y0, f0, span, order, rtol, atol, norm, stats, 
         return torch.minimum(torch.minimum(100 * h0, h1), span)
 
 
-def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, method, cfg, stats, on_step: Optional[Callable] = None, h_init: Optional[torch.Tensor] = None):
+def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Tensor, method, cfg, stats, on_step: Optional[Callable] = None, h_init: Optional[torch.Tensor] = None,
+                     jump: Optional[Callable] = None):
     """Adaptive solve on a per-sample grid; see the module docstring.
 
     ``on_step(res, accepted, hstep)``, when given, is called after every batched step
     (the continuous adjoint accumulates its parameter integral there). ``h_init`` ``[B]``:
     the first step sizes (estimated only for running samples whose ``h_init`` is 0); the
     returned outcome's ``h_next`` holds each sample's next step size (before any clip to
-    land on its end), so a caller that solves interval after interval (the adjoint's
-    backward pass) can carry them on.
+    land on its end), so a caller that solves interval after interval can carry them on.
+
+    ``jump(y, landed, j) -> y``, when given, makes every output time a stop: each sample's
+    steps land on its next time ``t[b, j]`` instead of passing it, and after a step that
+    landed the state of those samples (``landed`` ``[B]``, ``j`` ``[B]`` the time index
+    reached) is replaced by what ``jump`` returns (the continuous adjoint's backward pass
+    adds ``dL/dy(t_j)`` there and restarts from the stored state). The derivative is then
+    evaluated afresh at every step (no FSAL reuse across a jump), no outputs are
+    interpolated, and the outcome's ``ys`` is ``[1, B, ...]``: the final state.
     """
     from ._integrate import Outcome
 
@@ -163,8 +171,12 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
     code, failed_at, root_info = 0, None, None
     while True:
         tn_d = tn.detach()
-        land = tn_d + h >= t_end_d
-        t1 = torch.where(land, t_end, tn + h)
+        if jump is None:
+            target, target_d = t_end, t_end_d
+        else:  # the next stop: the sample's next output time
+            target = target_d = t64d.gather(1, j_next.clamp(max=T - 1)[:, None])[:, 0]
+        land = tn_d + h >= target_d
+        t1 = torch.where(land, target, tn + h)
         t1 = torch.where(done, tn, t1)
         hstep = t1 - tn  # (B,), zero for finished samples
         hstep_d = hstep.detach()
@@ -190,7 +202,7 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
         stats.sample_f_evals += (stats.n_f_evals - e0) * running
         stats.sample_accepted += accepted
         stats.sample_rejected += rejected
-        if res.f1 is not None:
+        if res.f1 is not None or jump is not None:  # (with stops the next f0 is evaluated below)
             f1 = res.f1
         else:  # non-FSAL: the next step's f0 at the new point (needed for Hermite output too)
             f1 = field(t1.to(tdt), res.y1)
@@ -203,12 +215,16 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
             cfg.on_batch_step(res, accepted, tn, t1, f1)
         acc_b = expand_b(accepted, y)
         y_new = torch.where(acc_b, res.y1, y)
-        f0 = torch.where(acc_b, f1, f0)
+        if jump is None:
+            f0 = torch.where(acc_b, f1, f0)
         with torch.no_grad():
             t1_d = t1.detach()
             reach = torch.searchsorted(t64d, t1_d[:, None].contiguous(), right=True)[:, 0]  # outputs <= t1
             cnt = torch.where(accepted, (reach - j_next).clamp(min=0), 0)
-            new_done = done | (accepted & land)
+            if jump is None:
+                new_done = done | (accepted & land)
+            else:  # with stops a step reaches at most its own end's time: done after the last one
+                new_done = done | (accepted & land & (j_next + cnt >= lengths))
             h_new = ctrl.propose_batch(hstep_d, ratio, accepted, cstate)
             stuck = None
             if cfg.min_step > 0:  # (a proposal is never negative: with min_step 0 nothing is low)
@@ -225,7 +241,12 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
             if stats.n_steps >= cfg.max_num_steps:  # no sample has taken more steps than the batch
                 codes = torch.where(live & (n_steps >= cfg.max_num_steps), 3, codes)
             n_run, k_max, code = torch.stack([live.sum(), cnt.max(), codes.max()]).tolist()  # the one sync
-        if k_max > 0:
+        if jump is not None:
+            j_next = j_next + cnt
+            y_new = jump(y_new, cnt > 0, j_next - 1)
+            f0 = field(torch.where(accepted, t1, tn).to(tdt), y_new)  # afresh: the state may have jumped
+            stats.sample_f_evals += ~new_done
+        elif k_max > 0:
             kk = torch.arange(k_max, device=dev)
             jj = j_next[:, None] + kk  # (B, K)
             valid = kk[None, :] < cnt[:, None]
@@ -257,11 +278,14 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
     n_acc, n_rej = torch.stack([stats.sample_accepted.sum(), stats.sample_rejected.sum()]).tolist()
     stats.n_accepted += n_acc
     stats.n_rejected += n_rej
-    out = torch.zeros(((T + 1) * B, *y0.shape[1:]), dtype=y0.dtype, device=dev)
-    rows = torch.cat(entries_j)  # (M,)
-    bidx = torch.arange(B, device=dev).repeat(rows.shape[0] // B)
-    out = out.index_put((rows * B + bidx,), torch.cat(entries_v))
-    ys = out[: T * B].reshape(T, *y0.shape)  # (T, B, ...)
+    if jump is not None:
+        ys = y.unsqueeze(0)
+    else:
+        out = torch.zeros(((T + 1) * B, *y0.shape[1:]), dtype=y0.dtype, device=dev)
+        rows = torch.cat(entries_j)  # (M,)
+        bidx = torch.arange(B, device=dev).repeat(rows.shape[0] // B)
+        out = out.index_put((rows * B + bidx,), torch.cat(entries_v))
+        ys = out[: T * B].reshape(T, *y0.shape)  # (T, B, ...)
     if failed_at is None:
         return Outcome(ys, h_next=h)
     status = _CODES[int(code)]
@@ -279,7 +303,7 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
         + (f" ({describe_info(root_info, skip=('samples',))})" if root_info else ""),
     }[status]
     more = f" ({len(bad)} samples failed: {bad[:5]})" if len(bad) > 1 else ""
-    return Outcome(ys[:reached], status, tb, f"{what}, stopped at t={-tb if cfg.reverse else tb:.6g}{more}", sample=b)
+    return Outcome(ys if jump is not None else ys[:reached], status, tb, f"{what}, stopped at t={-tb if cfg.reverse else tb:.6g}{more}", sample=b)
 
 
 def _has_batch_ratio(method) -> bool:
