@@ -22,6 +22,11 @@ The tolerances, method and options of the backward solves are those of the plain
 mismatch between a backward step's rebuilt state and the stored state at its start is
 recorded as ``Stats.adjoint_rebuild_error`` (informative: the stored state is used
 regardless).
+
+On a per-sample grid (``t`` ``[B, T]``) the forward keeps, through the loop's
+``on_batch_step`` hook, every batched step's ends, accept flags and new states; the backward
+is the per-sample adjoint's one backward solve (:mod:`solvers._adjoint_grids`) with every
+sample's accepted step ends as stops too, where its state restarts from the stored one.
 """
 
 from __future__ import annotations
@@ -96,6 +101,63 @@ class _CheckpointedAdjointFunction(torch.autograd.Function):
         if "nodes" not in box:
             raise RuntimeError("backward through a failed checkpointed-adjoint solve")
         g_y0, g_t, g_params = _backward(box["bwd"], ys, t_int, grad_ys, box["nodes"], ctx.needs_input_grad[2])
+        return (None, g_y0, g_t, *g_params)
+
+
+class _StepStore:
+    """``on_batch_step`` hook of a per-sample-grid solve: every batched step's ends, which
+    samples accepted, and their new states (no stages, no graph)."""
+
+    def __init__(self, inner=None):
+        self.inner, self.t1, self.acc, self.y1 = inner, [], [], []
+
+    def __call__(self, res, accepted, tn, t1, f1) -> None:
+        self.t1.append(t1.detach())
+        self.acc.append(accepted.detach())
+        self.y1.append(res.y1.detach())
+        if self.inner is not None:
+            self.inner(res, accepted, tn, t1, f1)
+
+    def steps(self):
+        return torch.stack(self.t1), torch.stack(self.acc), torch.stack(self.y1)
+
+
+class _BatchedFunction(torch.autograd.Function):
+    """The checkpointed adjoint on a per-sample grid: the forward keeps every sample's
+    accepted step ends and states; the backward is the per-sample adjoint's one backward
+    solve (:mod:`solvers._adjoint_grids`) with each of them a stop where the state restarts
+    from the stored one."""
+
+    @staticmethod
+    def forward(ctx, box, y0, t, *params):
+        prob: Problem = box["prob"]
+        saved = prob.cfg.on_batch_step
+        store = prob.cfg.on_batch_step = _StepStore(saved)
+        try:
+            outcome = prob.run(y0=y0.detach(), t=t.detach())
+        finally:
+            prob.cfg.on_batch_step = saved
+        ys = outcome.ys if isinstance(outcome.ys, torch.Tensor) else torch.stack(outcome.ys)
+        box["outcome"] = outcome
+        if outcome.status.ok:
+            box["steps"] = store.steps() if store.t1 else None
+        ctx.box = box
+        ctx.save_for_backward(ys, t)
+        return ys
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_ys):
+        from ._adjoint_grids import backward_batched
+
+        ys, t_int = ctx.saved_tensors
+        box = ctx.box
+        if "steps" not in box:
+            raise RuntimeError("backward through a failed checkpointed-adjoint solve")
+        steps = box["steps"]
+        g_y0, g_t, g_params = backward_batched(box["bwd"], ys, t_int, grad_ys, ctx.needs_input_grad[2], steps=steps, record_only=True)
+        if steps is not None:
+            box["prob"].stats.n_checkpoints += int(steps[1].sum())
         return (None, g_y0, g_t, *g_params)
 
 
@@ -183,12 +245,6 @@ def _backward(bw: _Backward, ys, t_int, grad_ys, saved, need_t: bool):
 
 def checkpointed_adjoint_runner(prob: Problem) -> Outcome:
     """The ``gradient="checkpointed_adjoint"`` mode (see the module docstring)."""
-    if prob.t.ndim == 2:
-        # its store keeps one state per accepted step of the batch, but on a per-sample grid
-        # every sample accepts and rejects on its own
-        raise ValueError("gradient='checkpointed_adjoint' (odeint_adjoint's adjoint_mode='checkpointed') does not run on a per-sample `t` of shape [B, T] yet; "
-                         "use gradient='adjoint' (per-sample backward solves), 'checkpoint' or 'direct', "
-                         "or a shared 1-D `t`")
     params = resolve_params(prob)
     opts = dict(prob.gradient_options)
     if opts.pop("rebuild_tol", None) is not None:
@@ -197,7 +253,8 @@ def checkpointed_adjoint_runner(prob: Problem) -> Outcome:
     prob.gradient_options = opts
     bw = _Backward(prob, params)
     box = {"prob": prob, "bwd": bw}
-    ys = _CheckpointedAdjointFunction.apply(box, prob.y0, prob.t, *params)
+    fn = _BatchedFunction if prob.t.ndim == 2 else _CheckpointedAdjointFunction
+    ys = fn.apply(box, prob.y0, prob.t, *params)
     out = box["outcome"]
     return Outcome(ys, out.status, out.t_fail, out.detail)
 

@@ -120,8 +120,13 @@ class _ParamQuadrature:
         aug.stash.clear()
 
 
-def backward_batched(bw, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.Tensor, need_t: bool):
-    """Gradients of a per-sample-grid solve: ``(dL/dy0, dL/dt or None, [dL/dp])``."""
+def backward_batched(bw, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.Tensor, need_t: bool, steps=None, record_only: bool = False):
+    """Gradients of a per-sample-grid solve: ``(dL/dy0, dL/dt or None, [dL/dp])``.
+
+    ``steps``: the accepted forward steps ``(t1 [K, B], accepted [K, B], y1 [K, B, ...])``
+    (the checkpointed adjoint): their ends become stops too, where the state restarts from
+    the stored one. ``record_only``: the rebuilt-state mismatch is a stat, never raised.
+    """
     from ._adjoint import backward_errors
     from ._api import _build_config, _check_batched_config
     from ._registry import get_method
@@ -151,7 +156,7 @@ def backward_batched(bw, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.T
     acc = [torch.zeros(p.shape, dtype=dtype, device=dev) for p in params]
     hook = _ParamQuadrature(aug, method, params, acc, bstats)
     grad_ys = grad_ys.to(dtype)
-    lengths = 1 + (tau[:, 1:] > tau[:, :-1]).sum(dim=1)  # (B,) padding repeats the last time
+    lengths = 1 + (tau[:, 1:] > tau[:, :-1]).sum(dim=1)  # (B,) outputs per sample (padding repeats the last time)
     g_t = torch.zeros(t_int.shape, dtype=t_int.dtype, device=t_int.device) if need_t else None
     extra_f = 0
     check = _RebuildCheck(bw, B, dev)
@@ -160,17 +165,19 @@ def backward_batched(bw, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.T
             for i in range(1, n):
                 g_t[:, i] = _dot(func(t_user[:, i].to(t_int.dtype), ys[i]), grad_ys[i]).to(g_t.dtype)
                 extra_f += 1
-        # the backward grid of each sample: its own times reversed, s = -tau, padding (which
-        # repeats the last time) folded into the start: backward index k is output
-        # idx[b, k] = max(L_b - 1 - k, 0); the cotangents of the padded outputs add up at the start
-        k = torch.arange(n, device=dev)
-        idx = (lengths[:, None] - 1 - k[None, :]).clamp(min=0)  # (B, n)
-        s_grid = -tau.gather(1, idx)  # (B, n) increasing, ending with repeats of -tau[:, 0]
+        # the backward grid of each sample: its stops (its own output times, and with `steps`
+        # its accepted forward steps' ends) reversed, s = -tau: backward index k is stop
+        # idx[b, k] = max(L_b - 1 - k, 0); repeated times (padding) are one stop, their
+        # cotangents added up
+        u, y_stops, g_stops, n_stops = _stops(tau, ys, grad_ys, steps)
+        M = u.shape[1]
+        k = torch.arange(M, device=dev)
+        idx = (n_stops[:, None] - 1 - k[None, :]).clamp(min=0)  # (B, M)
+        s_grid = -u.gather(1, idx)  # (B, M) increasing, ending with repeats of -tau[:, 0]
         cols = torch.arange(B, device=dev)[None, :]
-        y_store = ys[idx.T, cols]  # (n, B, ...) the stored state at backward index k
-        g_store = grad_ys[idx.T, cols]
-        pad = (k[:, None] >= (lengths - 1)[None, :])  # (n, B): the last time and its repeats
-        a0 = torch.where(pad.reshape(*pad.shape, *([1] * (grad_ys.ndim - 2))), grad_ys, torch.zeros_like(grad_ys)).sum(dim=0)
+        y_store = y_stops[idx.T, cols]  # (M, B, ...) the stored state at backward index k
+        g_store = g_stops[idx.T, cols]
+        a0 = g_store[0]
         z0 = torch.stack([y_store[0], a0], dim=1)  # (B, 2, ...)
         field = VectorField(aug, z0, None, bstats, time_dtype=prob.field.time_dtype)
         cfg = _build_config(method, dict(opts), _aug_tol(bw.rtol, ys[0]), _aug_tol(bw.atol, ys[0]), None, False, z0)
@@ -180,26 +187,26 @@ def backward_batched(bw, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.T
         if method.adaptive:
             def jump(z, landed, j):
                 jj = j.clamp(min=0)[None, :, None].expand(1, B, y_store[0].reshape(B, -1).shape[1])
-                y_st = y_store.reshape(n, B, -1).gather(0, jj)[0].reshape(y_store.shape[1:])
-                g_st = g_store.reshape(n, B, -1).gather(0, jj)[0].reshape(y_store.shape[1:])
+                y_st = y_store.reshape(M, B, -1).gather(0, jj)[0].reshape(y_store.shape[1:])
+                g_st = g_store.reshape(M, B, -1).gather(0, jj)[0].reshape(y_store.shape[1:])
                 check.add(z[:, 0], y_st, landed, s_grid.gather(1, j.clamp(min=0)[:, None])[:, 0])
                 zj = torch.stack([y_st, z[:, 1] + g_st], dim=1)
                 return torch.where(expand_b(landed, z), zj, z)
 
             with backward_errors("integrating every sample's grid backwards"):
-                out = adaptive_batched(field, z0, s_grid, lengths, method, cfg, bstats, on_step=hook, jump=jump)
-            _raise_failed(out, prob, bstats, extra_f, sign, s_grid, idx, t_user)
+                out = adaptive_batched(field, z0, s_grid, n_stops, method, cfg, bstats, on_step=hook, jump=jump)
+            _raise_failed(out, prob, bstats, extra_f, t_user, lengths)
             a = out.ys[-1][:, 1]
         else:  # fixed steps: interval by interval (each sample's grid on its own interval)
             a = a0
-            for kb in range(1, n):
+            for kb in range(1, M):
                 z0 = torch.stack([y_store[kb - 1], a], dim=1)
                 s = s_grid[:, kb - 1 : kb + 1]
                 live = 1 + (s[:, 1] > s[:, 0]).long()
                 field = VectorField(aug, z0, None, bstats, time_dtype=prob.field.time_dtype)
                 with backward_errors("integrating every sample's grid backwards"):
                     out = fixed_batched(field, z0, s, live, method, cfg, bstats, on_step=hook)
-                _raise_failed(out, prob, bstats, extra_f, sign, s, idx[:, kb - 1 : kb + 1], t_user)
+                _raise_failed(out, prob, bstats, extra_f, t_user, lengths)
                 zend = (out.ys if isinstance(out.ys, torch.Tensor) else torch.stack(out.ys))[-1]
                 landed = live > 1
                 check.add(zend[:, 0], y_store[kb], landed, s[:, 1])
@@ -215,7 +222,7 @@ def backward_batched(bw, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.T
             g_t = torch.where(padt, torch.zeros_like(g_t), g_t)
             g_t.scatter_add_(1, (lengths - 1)[:, None], moved[:, None])
     _record(prob.stats, bstats, extra_f)
-    check.finish(prob, sign)
+    check.finish(prob, sign, record_only)
     return a, g_t, [gp.to(p.dtype) for gp, p in zip(acc, params)]
 
 
@@ -243,8 +250,8 @@ class _RebuildCheck:
         self.worst = torch.where(worse, err, self.worst)
         self.at = torch.where(worse, s_at.to(torch.float64), self.at)
 
-    def finish(self, prob, sign: float) -> None:
-        bound = prob.gradient_options.get("rebuild_tol")
+    def finish(self, prob, sign: float, record_only: bool = False) -> None:
+        bound = math.inf if record_only else prob.gradient_options.get("rebuild_tol")
         bound = DEFAULT_REBUILD_TOL if bound is None else float(bound)
         err, b = (v.item() for v in self.worst.max(dim=0))
         prob.stats.adjoint_rebuild_error = max(prob.stats.adjoint_rebuild_error, err)
@@ -253,21 +260,57 @@ class _RebuildCheck:
             raise AdjointRebuildError(
                 f"{AdjointRebuildError.status.value} At t={t_at:.6g} the state of sample {b} rebuilt backwards is "
                 f"{err:.3g} x the tolerance away from the stored forward state (bound rebuild_tol={bound:g}). "
-                "On a per-sample `t` use gradient='checkpoint' or 'direct' (gradient='checkpointed_adjoint' runs on a "
-                "shared 1-D `t` only).", t=t_at)
+                "On a per-sample `t` all three fixes run.", t=t_at)
 
 
-def _raise_failed(out, prob, bstats, extra_f, sign, s_grid, idx, t_user) -> None:
-    """Raise the dedicated exception of a failed backward solve, naming the sample and interval."""
+def _stops(tau: torch.Tensor, ys: torch.Tensor, grad_ys: torch.Tensor, steps=None):
+    """Each sample's stops of the backward pass, in increasing loop time.
+
+    The output times ``tau`` ``[B, n]`` (with states ``ys`` and cotangents ``grad_ys``
+    ``[n, B, ...]``) and, when given, the accepted forward steps' ends (cotangent zero), merged
+    per sample and sorted; equal times are one stop (the first one's state: an output at a
+    step's end is that step's state), their cotangents summed. Returns ``(u [B, M], y [M, B,
+    ...], g [M, B, ...], L [B])``: sample ``b``'s ``L_b`` stops first, then repeats of its last.
+    No host synchronisation.
+    """
+    B, n = tau.shape
+    times, states, cots = tau.to(torch.float64), ys, grad_ys
+    if steps is not None:
+        t1, acc, y1 = steps
+        times = torch.cat([times, torch.where(acc, t1.to(torch.float64), math.inf).T], dim=1)
+        states = torch.cat([ys, y1.to(ys.dtype)], dim=0)
+        cots = torch.cat([grad_ys, torch.zeros_like(y1, dtype=grad_ys.dtype)], dim=0)
+    M = times.shape[1]
+    order = torch.sort(times, dim=1, stable=True).indices  # outputs first among equal times
+    ts = times.gather(1, order)
+    first = torch.ones_like(ts, dtype=torch.bool)
+    first[:, 1:] = ts[:, 1:] != ts[:, :-1]
+    gid = torch.cumsum(first.long(), dim=1) - 1  # (B, M) each entry's stop
+    cols = torch.arange(B, device=tau.device)[None, :]
+    st = states[order.T, cols]  # (M, B, ...) in sorted order
+    ct = cots[order.T, cols]
+    dest = torch.where(first, gid, M)  # the first entry of a stop gives its time and state; the others go to a scratch row
+    u = torch.full((B, M + 1), math.inf, dtype=torch.float64, device=tau.device).scatter(1, dest, ts)[:, :M]
+    y = torch.zeros((M + 1, *states.shape[1:]), dtype=states.dtype, device=states.device).index_put((dest.T, cols.expand(M, B)), st)[:M]
+    g = torch.zeros((M, *cots.shape[1:]), dtype=cots.dtype, device=cots.device).index_put((gid.T, cols.expand(M, B)), ct, accumulate=True)
+    L = torch.isfinite(u).sum(dim=1)  # (B,) >= 1: t[:, 0] is finite
+    pad = torch.arange(M, device=tau.device)[None, :] >= L[:, None]
+    u = torch.where(pad, u.gather(1, (L - 1)[:, None]), u)
+    return u, y, g, L
+
+
+def _raise_failed(out, prob, bstats, extra_f, t_user, lengths) -> None:
+    """Raise the dedicated exception of a failed backward solve, naming the sample and its span."""
     if out.status.ok:
         return
     _record(prob.stats, bstats, extra_f)
+    sign = -1.0 if prob.reverse else 1.0
     t_fail = None if out.t_fail is None else sign * -out.t_fail
     where = f" at t={t_fail:.6g}" if t_fail is not None else ""
     b = out.sample if out.sample is not None else 0
     msg = (
         f"{out.status.value} This happened in the backward (adjoint) pass{where}, integrating sample {b} "
-        f"backwards from t={float(t_user[b, idx[b, 0]]):.6g} towards t={float(t_user[b, idx[b, -1]]):.6g}: {out.detail}. "
+        f"backwards from t={float(t_user[b, int(lengths[b]) - 1]):.6g} towards t={float(t_user[b, 0]):.6g}: {out.detail}. "
         "Try other `adjoint_rtol`/`adjoint_atol`, `adjoint_options` or `adjoint_method`."
     )
     raise exception_for(out.status)(msg, t=t_fail)

@@ -208,9 +208,6 @@ def test_still_refused_by_name():
     for name in ("explicit_adams", "fixed_adams", "implicit_adams"):  # multistep methods run their own loop
         with pytest.raises(ValueError, match=rf"'{name}' runs its own loop.*does not run on a per-sample `t`.*'radau5'"):
             solvers.solve(field, y0, t, method=name, options=dict(step_size=0.1) if name == "fixed_adams" else None)
-    net = torch.nn.Linear(2, 2).to(F64)
-    with pytest.raises(ValueError, match=r"checkpointed_adjoint.*does not run on a per-sample `t`.*gradient='adjoint'"):
-        solvers.odeint_adjoint(lambda s, y: net(y), y0, t, adjoint_params=tuple(net.parameters()), adjoint_mode="checkpointed")
 
 
 # ----------------------------------------------------------------------------- collocation methods
