@@ -346,7 +346,7 @@ def _timeseries_parser(sub) -> None:
     g.add_argument("--steps", type=_positive_int, help="fixed steps per gap between observations")
     g.add_argument("--rtol", type=_positive_float, help="relative tolerance (adaptive methods)")
     g.add_argument("--atol", type=_positive_float, help="absolute tolerance (adaptive methods)")
-    g.add_argument("--gradient", choices=("direct", "adjoint", "checkpoint"), help="how gradients are computed")
+    g.add_argument("--gradient", choices=("direct", "adjoint", "checkpoint", "checkpointed_adjoint"), help="how gradients are computed")
 
 
 def _run_timeseries(args: argparse.Namespace) -> int:
