@@ -80,6 +80,25 @@ def _name_list(choices: Sequence[str]):
     return parse
 
 
+def _lr_schedules(text: str):
+    """``cosine`` (every model) or ``latent_ode=cosine,ode_rnn=constant`` (per model)."""
+    SERIES_MODELS, LR_SCHEDULES = _SERIES_MODELS, ("constant", "cosine", "onecycle")  # no torch import here
+    if "=" not in text:
+        if text.strip() not in LR_SCHEDULES:
+            raise argparse.ArgumentTypeError(f"unknown schedule {text!r}; choose from {', '.join(LR_SCHEDULES)} "
+                                             "or give MODEL=SCHEDULE pairs such as latent_ode=cosine,ode_rnn=constant")
+        return text.strip()
+    table = {}
+    for pair in (p.strip() for p in text.split(",") if p.strip()):
+        model, _, sched = (x.strip() for x in pair.partition("="))
+        if model not in SERIES_MODELS or sched not in LR_SCHEDULES:
+            raise argparse.ArgumentTypeError(
+                f"bad MODEL=SCHEDULE pair {pair!r}: models {', '.join(SERIES_MODELS)}; "
+                f"schedules {', '.join(LR_SCHEDULES)}")
+        table[model] = sched
+    return table
+
+
 def _float_list(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -330,6 +349,9 @@ def _timeseries_parser(sub) -> None:
     ts.add_argument("--batch-size", type=_positive_int, default=None,
                     help="batch size (default 32 for classification, 64 for sines)")
     ts.add_argument("--lr", type=_positive_float, default=1e-2, help="Adam learning rate (default 1e-2)")
+    ts.add_argument("--lr-schedule", type=_lr_schedules, default="constant",
+                    help="learning-rate schedule: constant, cosine or onecycle for every model, or per model "
+                         "as MODEL=SCHEDULE pairs, e.g. latent_ode=cosine (others constant; default constant)")
     ts.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
     ts.add_argument("--hidden", type=_positive_int, default=32, help="hidden state size (default 32)")
     ts.add_argument("--time-scale", type=_positive_float, default=0.1,
@@ -358,7 +380,7 @@ def _run_timeseries(args: argparse.Namespace) -> int:
     report = timeseries(TimeseriesConfig(
         data=args.data, drop=args.drop, models=args.models, epochs=args.epochs,
         **({"batch_size": args.batch_size, "batch_size_regression": args.batch_size} if args.batch_size else {}),
-        lr=args.lr, seed=args.seed, hidden=args.hidden, n_sines=args.n_sines,
+        lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, hidden=args.hidden, n_sines=args.n_sines,
         time_scale=args.time_scale, device=args.device, out=args.out,
         quiet=args.quiet, plots=not args.no_plots, limit_train=args.limit_train, limit_test=args.limit_test,
         method=args.method, steps=args.steps, rtol=args.rtol, atol=args.atol, gradient=args.gradient))

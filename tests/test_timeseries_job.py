@@ -71,3 +71,36 @@ def test_timeseries_cli_tiny(tmp_path):
     bad = subprocess.run(cmd[:4] + ["--time-scale", "0", "--out", str(tmp_path / "y")], capture_output=True,
                          text=True, env=env, cwd=ROOT, timeout=600)
     assert bad.returncode == 2 and "--time-scale" in bad.stderr
+
+
+def test_timeseries_lr_schedule_per_model(tmp_path):
+    from odenet.training import scheduled_lr
+
+    report = odenet.timeseries(data=["sines"], models=["gru_dt", "ode_rnn"], epochs=2, n_sines=40,
+                               limit_train=16, limit_test=8, lr_schedule={"gru_dt": "cosine"},
+                               out=str(tmp_path), quiet=True, plots=False)
+    runs = {r["model"]: r for r in report["runs"]}
+    assert runs["gru_dt"]["lr_schedule"] == "cosine" and runs["ode_rnn"]["lr_schedule"] == "constant"
+    # one batch of 16 per epoch: the rate used in epoch 2 is the schedule's at progress 1/2
+    assert runs["gru_dt"]["history"][1]["lr"] == pytest.approx(scheduled_lr(1e-2, "cosine", 0.5))
+    assert [r["lr"] for r in runs["ode_rnn"]["history"]] == [1e-2, 1e-2]
+    one = odenet.timeseries(data=["sines"], models=["gru_dt"], epochs=2, n_sines=40, limit_train=16,
+                            limit_test=8, lr_schedule="cosine", out=str(tmp_path / "b"), quiet=True, plots=False)
+    assert one["runs"][0]["test_mse"] == runs["gru_dt"]["test_mse"]  # the same run, named either way
+    for bad, match in [("linear", "unknown lr_schedule"), ({"lstm": "cosine"}, "unknown model"),
+                       ({"ode_rnn": "warm"}, "unknown lr_schedule"), (3, "schedule name or")]:
+        with pytest.raises(ValueError, match=match):
+            odenet.timeseries(models=["gru_dt"], lr_schedule=bad, out=str(tmp_path / "o"), quiet=True)
+    assert not (tmp_path / "o").exists()
+
+
+def test_timeseries_cli_lr_schedule_parsing():
+    import argparse
+
+    from odenet.cli import _lr_schedules
+
+    assert _lr_schedules("cosine") == "cosine"
+    assert _lr_schedules("latent_ode=cosine, ode_rnn=constant") == {"latent_ode": "cosine", "ode_rnn": "constant"}
+    for bad in ("linear", "lstm=cosine", "ode_rnn=warm"):
+        with pytest.raises(argparse.ArgumentTypeError, match="schedule"):
+            _lr_schedules(bad)

@@ -15,7 +15,7 @@ import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -24,7 +24,7 @@ from ..data._irregular import SeriesData
 from ..data._synthetic_series import periodic_sines, spiral_series
 from ..data._uea import load_uea, uea_datasets
 from ..models._series_registry import ODE_SERIES_MODELS, SERIES_MODELS, build_series_model
-from ..training._loop import fit
+from ..training._loop import LR_SCHEDULES, fit
 from ..training._runtime import resolve_device, set_seed
 from ..training._series_tasks import series_task
 
@@ -58,6 +58,10 @@ class TimeseriesConfig:
         Time between two samples of a UEA/UCR series (default 0.1: a series of 29 samples
         spans [0, 2.8]); chosen on a validation split carved from JapaneseVowels' training
         set (docs/timeseries.md). The synthetic sets keep their own times.
+    lr_schedule : str or mapping
+        Learning-rate schedule of :func:`odenet.fit` (``constant``, ``cosine``, ``onecycle``) for
+        every model, or a mapping ``{model: schedule}`` (models not named: ``constant``), so that
+        each model trains at its own schedule in one run (docs/timeseries.md, periodic sines).
     method, steps, rtol, atol, gradient : optional
         Override the ODE models' solver configuration (default rk4, one step per gap).
     """
@@ -80,6 +84,7 @@ class TimeseriesConfig:
     plots: bool = True
     threads: int = 1
     time_scale: float = 0.1
+    lr_schedule: Union[str, Mapping[str, str]] = "constant"
     method: Optional[str] = None
     steps: Optional[int] = None
     rtol: Optional[float] = None
@@ -106,9 +111,27 @@ class TimeseriesConfig:
         if isinstance(self.time_scale, bool) or not (isinstance(self.time_scale, (int, float))
                                                      and 0 < float(self.time_scale) < float("inf")):
             raise ValueError(f"time_scale must be a positive finite number, got {self.time_scale!r}")
+        self.schedule_of(self.models[0])  # raises on a bad lr_schedule
         for name in self.data:
             if name not in _SYNTHETIC and name not in uea_datasets():
                 load_uea(name)  # raises, listing close matches
+
+    def schedule_of(self, model: str) -> str:
+        """The learning-rate schedule of ``model`` (:attr:`lr_schedule`); bad settings raise ``ValueError``."""
+        sched = self.lr_schedule
+        if isinstance(sched, str):
+            table = {m: sched for m in SERIES_MODELS}
+        elif isinstance(sched, Mapping):
+            bad = [m for m in sched if m not in SERIES_MODELS]
+            if bad:
+                raise ValueError(f"lr_schedule names unknown model(s) {bad}; choose from {', '.join(SERIES_MODELS)}")
+            table = {m: sched.get(m, "constant") for m in SERIES_MODELS}
+        else:
+            raise ValueError(f"lr_schedule must be a schedule name or a {{model: schedule}} mapping, got {sched!r}")
+        bad = sorted({v for v in table.values() if v not in LR_SCHEDULES}, key=str)
+        if bad:
+            raise ValueError(f"unknown lr_schedule {bad}; choose from {', '.join(LR_SCHEDULES)}")
+        return table[model]
 
 
 def load_series_data(name: str, *, seed: int = 0, n_sines: int = 1000, time_scale: float = 1.0) -> SeriesData:
@@ -204,13 +227,14 @@ def timeseries(config: TimeseriesConfig | None = None, **kwargs: Any) -> dict:
                 bar.set_postfix_str(label)
                 c0 = time.process_time()
                 bs = config.batch_size if classify else config.batch_size_regression
+                schedule = config.schedule_of(model_name)
                 res = fit(model, task, epochs=epochs, batch_size=bs, lr=config.lr, seed=config.seed,
-                          device=str(device), out=None, quiet=True, label=label)
+                          device=str(device), out=None, quiet=True, label=label, lr_schedule=schedule)
                 hist = res.metrics
                 run = {"data": name, "task": data.task, "drop": float(rate), "model": model_name,
                        "ode": model_name in ODE_SERIES_MODELS,
                        "train_time_s": res.train_time, "cpu_time_s": time.process_time() - c0,
-                       "epochs": epochs,
+                       "epochs": epochs, "lr_schedule": schedule,
                        "nfe_forward_per_batch": sum(r["nfe_forward"] for r in hist) / len(hist),
                        "nfe_backward_per_batch": sum(r["nfe_backward"] + r["vjp_backward"] for r in hist) / len(hist),
                        "history": hist}
