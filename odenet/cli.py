@@ -59,6 +59,16 @@ def _label_smoothing(text: str) -> float:
     return value
 
 
+def _open_unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), e.g. 0.9, got {text!r}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -353,6 +363,11 @@ def _timeseries_parser(sub) -> None:
                     help="learning-rate schedule: constant, cosine or onecycle for every model, or per model "
                          "as MODEL=SCHEDULE pairs, e.g. latent_ode=cosine (others constant; default constant)")
     ts.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    ts.add_argument("--weight-decay", type=_nonneg_float, default=0.0,
+                    help="Adam's L2 weight decay (default 0)")
+    ts.add_argument("--ema-decay", type=_open_unit_float, default=None,
+                    help="evaluate an exponential moving average of the weights with this decay per "
+                         "optimiser step, in (0, 1), e.g. 0.9 (default: the last weights)")
     ts.add_argument("--hidden", type=_positive_int, default=32, help="hidden state size (default 32)")
     ts.add_argument("--time-scale", type=_positive_float, default=0.1,
                     help="time between two samples of a UEA/UCR series (default 0.1)")
@@ -381,7 +396,8 @@ def _run_timeseries(args: argparse.Namespace) -> int:
         data=args.data, drop=args.drop, models=args.models, epochs=args.epochs,
         **({"batch_size": args.batch_size, "batch_size_regression": args.batch_size} if args.batch_size else {}),
         lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, hidden=args.hidden, n_sines=args.n_sines,
-        time_scale=args.time_scale, device=args.device, out=args.out,
+        time_scale=args.time_scale, weight_decay=args.weight_decay, ema_decay=args.ema_decay,
+        device=args.device, out=args.out,
         quiet=args.quiet, plots=not args.no_plots, limit_train=args.limit_train, limit_test=args.limit_test,
         method=args.method, steps=args.steps, rtol=args.rtol, atol=args.atol, gradient=args.gradient))
     if args.quiet:

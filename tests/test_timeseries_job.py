@@ -104,3 +104,35 @@ def test_timeseries_cli_lr_schedule_parsing():
     for bad in ("linear", "lstm=cosine", "ode_rnn=warm"):
         with pytest.raises(argparse.ArgumentTypeError, match="schedule"):
             _lr_schedules(bad)
+
+
+def test_timeseries_passes_weight_decay_and_ema_to_fit(tmp_path):
+    """--weight-decay / --ema-decay reach odenet.fit: the job's run equals fit called directly."""
+    from odenet.jobs import load_series_data
+
+    kw = dict(data=["JapaneseVowels"], drop=[0.3], models=["gru_dt"], epochs=2, limit_train=32, limit_test=32,
+              quiet=True, plots=False)
+    report = odenet.timeseries(out=str(tmp_path / "a"), weight_decay=1e-3, ema_decay=0.5, **kw)
+    plain = odenet.timeseries(out=str(tmp_path / "b"), **kw)
+    d = load_series_data("JapaneseVowels", time_scale=0.1)
+    d = odenet.jobs._timeseries._limit(d, 32, 32).dropped(0.3, seed=0)
+    odenet.set_seed(0)
+    m = odenet.models.build_series_model("gru_dt", d.channels, num_classes=d.num_classes, hidden=32)
+    res = odenet.fit(m, odenet.training.series_task(d), epochs=2, batch_size=32, lr=1e-2, seed=0, device="cpu",
+                     quiet=True, weight_decay=1e-3, ema_decay=0.5)
+    got = [r["test_loss"] for r in report["runs"][0]["history"]]
+    assert got == [r["test_loss"] for r in res.metrics]
+    assert got != [r["test_loss"] for r in plain["runs"][0]["history"]]
+    for bad in (dict(weight_decay=-1.0), dict(ema_decay=1.0), dict(ema_decay=0.0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            odenet.timeseries(out=str(tmp_path / "c"), **{**kw, **bad})
+    assert not (tmp_path / "c").exists()
+
+
+def test_timeseries_cli_refuses_bad_recipe_flags(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for flag, value in (("--ema-decay", "1"), ("--weight-decay", "-0.1")):
+        bad = subprocess.run([sys.executable, "-m", "odenet", "timeseries", flag, value, "--out", str(tmp_path / "x")],
+                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        assert bad.returncode == 2 and flag in bad.stderr, bad.stderr
+    assert not (tmp_path / "x").exists()

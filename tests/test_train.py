@@ -288,3 +288,65 @@ def test_load_model_and_swap_solver(tmp_path):
     assert nfe > 4 and nfe % 6 == 2  # dopri5 (FSAL: 6 per step + 2), not Euler's 4 (measured 26)
     assert float((node_logits - euler_logits).abs().max()) > 1e-3  # the swap changed the solve (1.4)
     assert evaluate(model_node, d.x_test, d.y_test)["accuracy"] == pytest.approx(float((ref.argmax(1) == d.y_test).double().mean()), abs=1e-9)
+
+
+def test_ema_weights_match_a_hand_computed_average(circles):
+    """ema_decay: the returned weights and every epoch's test metrics are those of the average
+    avg <- d * avg + (1 - d) * w over the weights after every optimiser step, from the initial ones."""
+    decay = 0.9
+    model = _fresh()
+    init = [p.detach().double().clone() for p in model.parameters()]
+    seen = []  # the live weights after every optimiser step
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    handle = register_optimizer_step_post_hook(
+        lambda opt, args, kw: seen.append([p.detach().double().clone() for p in model.parameters()]))
+    averages, live = [], []
+    try:
+        res = fit(model, circles, epochs=3, batch_size=32, lr=3e-2, seed=1, quiet=True, ema_decay=decay,
+                  on_epoch=lambda row: live.append([p.detach().clone() for p in model.parameters()]))
+    finally:
+        handle.remove()
+    assert len(seen) == 3 * math.ceil(len(circles.y_train) / 32)
+    avg = init
+    for k, w in enumerate(seen, 1):
+        avg = [decay * a + (1 - decay) * x for a, x in zip(avg, w)]
+        if k % (len(seen) // 3) == 0:
+            averages.append(avg)
+    for got, want in zip(res.model.parameters(), averages[-1]):
+        assert torch.allclose(got.double(), want, atol=1e-6)
+    # training continued from the live weights (they are not the average, which lags)
+    assert max(float((a - w.double()).abs().max()) for a, w in zip(averages[-1], live[-1])) > 1e-2
+    assert all(torch.allclose(a.double(), b) for a, b in zip(live[-1], seen[-1]))
+    # each epoch's test metrics were measured with that epoch's average
+    for row, avg in zip(res.metrics, averages):
+        probe = _fresh()
+        with torch.no_grad():
+            for p, a in zip(probe.parameters(), avg):
+                p.copy_(a)
+        ev = evaluate(probe, circles.x_test, circles.y_test)
+        assert row["test_loss"] == pytest.approx(ev["loss"], rel=1e-5)
+        assert row["test_acc"] == pytest.approx(ev["accuracy"], abs=1e-12)
+
+
+def test_ema_resume_is_exact_and_refuses_a_mismatch(circles, tmp_path):
+    kw = dict(batch_size=32, lr=1e-2, seed=5, quiet=True, ema_decay=0.8)
+    straight = fit(_fresh(), circles, epochs=3, out=tmp_path / "a", **kw)
+    fit(_fresh(), circles, epochs=1, out=tmp_path / "b", **kw)
+    resumed = fit(_fresh(seed=99), circles, epochs=3, out=tmp_path / "b", resume=True, **kw)
+    for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert _strip(straight.metrics) == _strip(resumed.metrics)
+    with pytest.raises(CheckpointError, match="ema_decay"):
+        fit(_fresh(), circles, epochs=4, out=tmp_path / "b", resume=True, **{**kw, "ema_decay": None})
+    with pytest.raises(CheckpointError, match="ema_decay"):
+        fit(_fresh(), circles, epochs=4, out=tmp_path / "b", resume=True, **{**kw, "ema_decay": 0.9})
+    fit(_fresh(), circles, epochs=1, out=tmp_path / "c", **{**kw, "ema_decay": None})
+    with pytest.raises(CheckpointError, match="ema_decay"):
+        fit(_fresh(), circles, epochs=2, out=tmp_path / "c", resume=True, **kw)
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1, True, "0.9"])
+def test_ema_decay_must_lie_in_the_open_unit_interval(circles, bad):
+    with pytest.raises(ValueError, match=r"ema_decay must be a number in \(0, 1\)"):
+        fit(Tiny(), circles, epochs=1, ema_decay=bad)

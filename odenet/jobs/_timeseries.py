@@ -62,6 +62,11 @@ class TimeseriesConfig:
         Learning-rate schedule of :func:`odenet.fit` (``constant``, ``cosine``, ``onecycle``) for
         every model, or a mapping ``{model: schedule}`` (models not named: ``constant``), so that
         each model trains at its own schedule in one run (docs/timeseries.md, periodic sines).
+    weight_decay : float
+        Adam's L2 weight decay (default 0).
+    ema_decay : float in (0, 1), optional
+        Evaluate and return an exponential moving average of the weights
+        (:func:`odenet.fit`'s ``ema_decay``; default None: the last weights).
     method, steps, rtol, atol, gradient : optional
         Override the ODE models' solver configuration (default rk4, one step per gap).
     """
@@ -85,6 +90,8 @@ class TimeseriesConfig:
     threads: int = 1
     time_scale: float = 0.1
     lr_schedule: Union[str, Mapping[str, str]] = "constant"
+    weight_decay: float = 0.0
+    ema_decay: Optional[float] = None
     method: Optional[str] = None
     steps: Optional[int] = None
     rtol: Optional[float] = None
@@ -112,6 +119,12 @@ class TimeseriesConfig:
                                                      and 0 < float(self.time_scale) < float("inf")):
             raise ValueError(f"time_scale must be a positive finite number, got {self.time_scale!r}")
         self.schedule_of(self.models[0])  # raises on a bad lr_schedule
+        if isinstance(self.weight_decay, bool) or not (isinstance(self.weight_decay, (int, float))
+                                                       and 0 <= float(self.weight_decay) < float("inf")):
+            raise ValueError(f"weight_decay must be a non-negative finite number, got {self.weight_decay!r}")
+        if self.ema_decay is not None and (isinstance(self.ema_decay, bool) or not isinstance(
+                self.ema_decay, (int, float)) or not 0 < self.ema_decay < 1):
+            raise ValueError(f"ema_decay must be a number in (0, 1) (e.g. 0.9) or None, got {self.ema_decay!r}")
         for name in self.data:
             if name not in _SYNTHETIC and name not in uea_datasets():
                 load_uea(name)  # raises, listing close matches
@@ -229,7 +242,8 @@ def timeseries(config: TimeseriesConfig | None = None, **kwargs: Any) -> dict:
                 bs = config.batch_size if classify else config.batch_size_regression
                 schedule = config.schedule_of(model_name)
                 res = fit(model, task, epochs=epochs, batch_size=bs, lr=config.lr, seed=config.seed,
-                          device=str(device), out=None, quiet=True, label=label, lr_schedule=schedule)
+                          device=str(device), out=None, quiet=True, label=label, lr_schedule=schedule,
+                          weight_decay=float(config.weight_decay), ema_decay=config.ema_decay)
                 hist = res.metrics
                 run = {"data": name, "task": data.task, "drop": float(rate), "model": model_name,
                        "ode": model_name in ODE_SERIES_MODELS,

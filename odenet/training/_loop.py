@@ -19,6 +19,7 @@ prints and writes files."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -42,7 +43,7 @@ from ._views import SOLVER_KEYS
 _RESUME_KEYS = ("model", "data", "seed", "batch_size", "lr", "weight_decay", "limit_train",
                 "limit_test", "lr_schedule")
 #: Run settings a run config holds only when they differ from these defaults.
-_RESUME_DEFAULTS = {"label_smoothing": 0.0}
+_RESUME_DEFAULTS = {"label_smoothing": 0.0, "ema_decay": None}
 
 #: Learning-rate schedules of :func:`fit` (see :func:`scheduled_lr`).
 LR_SCHEDULES = ("constant", "cosine", "onecycle")
@@ -135,7 +136,8 @@ def fit(model: nn.Module, data: DataBundle | AbstractTask, *, epochs: int, batch
         quiet: bool = False, label: str | None = None, run_config: Mapping | None = None,
         on_epoch: Callable[[dict], None] | None = None, lr_schedule: str = "constant",
         solver_sampler=None,
-        regularizer: Callable[[nn.Module], torch.Tensor] | None = None) -> TrainResult:
+        regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
+        ema_decay: float | None = None) -> TrainResult:
     """Train ``model`` on ``data`` with Adam: the one training loop of every task.
 
     Parameters
@@ -183,6 +185,13 @@ def fit(model: nn.Module, data: DataBundle | AbstractTask, *, epochs: int, batch
         ``regularizer(model)`` after the forward pass of every training batch returns a
         0-dim tensor added to the loss (kinetic-energy / Jacobian penalties; see
         :class:`odenet.DynamicsRegularizer`).
+    ema_decay : float in (0, 1), optional
+        Keep an exponential moving average of the weights (every floating-point parameter),
+        ``avg <- ema_decay * avg + (1 - ema_decay) * w`` after every optimiser step, starting
+        from the weights before the first step; every evaluation (the ``test_*`` metrics of
+        each epoch) uses the averaged weights, training continues from the live ones, and
+        the returned model holds the average. Its horizon is about ``1 / (1 - ema_decay)``
+        optimiser steps. The checkpoint holds both, so a resumed run is exact.
 
     Returns
     -------
@@ -210,10 +219,16 @@ def fit(model: nn.Module, data: DataBundle | AbstractTask, *, epochs: int, batch
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {lr_schedule!r}")
+    if ema_decay is not None and (isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float))
+                                  or not 0 < ema_decay < 1):
+        raise ValueError(f"ema_decay must be a number in (0, 1) (e.g. 0.95) or None for no weight "
+                         f"average, got {ema_decay!r}")
     task.check_model(model)
     run_cfg = dict(run_config) if run_config is not None else dict(
         task.run_config(), seed=seed, batch_size=batch_size, lr=float(lr),
         weight_decay=float(weight_decay), lr_schedule=lr_schedule)
+    if run_config is None and ema_decay is not None:  # stored only when set: older checkpoints still resume
+        run_cfg["ema_decay"] = float(ema_decay)
     if resume and overwrite:
         raise ValueError("resume=True and overwrite=True contradict each other (--resume continues "
                          "the run in OUT, --overwrite discards it); pass one of them")
@@ -234,8 +249,9 @@ def fit(model: nn.Module, data: DataBundle | AbstractTask, *, epochs: int, batch
         optimizer = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
         metrics: list[dict] = []
         start_epoch = 0
+        ema = _WeightAverage(module, float(ema_decay)) if ema_decay is not None else None
         if resume:
-            start_epoch, metrics = _restore(ckpt_path, module, optimizer, run_cfg, dev)
+            start_epoch, metrics = _restore(ckpt_path, module, optimizer, run_cfg, dev, ema)
         else:
             set_seed(seed)
         train_model: nn.Module = module
@@ -256,13 +272,14 @@ def fit(model: nn.Module, data: DataBundle | AbstractTask, *, epochs: int, batch
                                epochs=epochs, batch_size=batch_size, seed=seed, ctx=ctx,
                                device=dev, progress=bar, desc=f"{name}epoch {epoch + 1}/{epochs}",
                                lr_at=lambda p: scheduled_lr(float(lr), lr_schedule, p),
-                               solver_sampler=solver_sampler, regularizer=regularizer)
-            ev = task.evaluate(module, batch_size=max(batch_size, 256), ctx=ctx)
+                               solver_sampler=solver_sampler, regularizer=regularizer, ema=ema)
+            with (ema.applied() if ema is not None else contextlib.nullcontext()):
+                ev = task.evaluate(module, batch_size=max(batch_size, 256), ctx=ctx)
             row.update({"test_loss": ev["loss"], f"test_{task.metric}": ev[task.metric],
                         "lr": float(optimizer.param_groups[0]["lr"])})
             metrics.append(row)
             if ctx.is_main and out_dir is not None:
-                _write_outputs(out_dir, module, optimizer, metrics, run_cfg, task, epoch + 1)
+                _write_outputs(out_dir, module, optimizer, metrics, run_cfg, task, epoch + 1, ema)
             ctx.check_replicas(module, epoch + 1)
             ctx.barrier()
             if speak:
@@ -273,6 +290,8 @@ def fit(model: nn.Module, data: DataBundle | AbstractTask, *, epochs: int, batch
             if on_epoch is not None:
                 on_epoch(row)
         completed = True
+        if ema is not None:
+            ema.copy_to(module)
         return TrainResult(model=module, metrics=metrics,
                            train_time=float(sum(r["epoch_time"] for r in metrics)),
                            out=out_dir, resumed_from=start_epoch)
@@ -291,6 +310,50 @@ def fit(model: nn.Module, data: DataBundle | AbstractTask, *, epochs: int, batch
                 torch.distributed.destroy_process_group()
 
 
+class _WeightAverage:
+    """The exponential moving average of a module's floating-point parameters (``ema_decay``)."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.params = [p for p in module.parameters() if p.is_floating_point()]
+        self.avg = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for a, p in zip(self.avg, self.params):
+            a.lerp_(p.detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, module: nn.Module) -> None:
+        for p, a in zip(self.params, self.avg):
+            p.copy_(a)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The averaged weights in the module for the duration; the live ones restored after."""
+        live = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, a in zip(self.params, self.avg):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, w in zip(self.params, live):
+                    p.copy_(w)
+
+    def state(self) -> list:
+        return [a.detach().cpu() for a in self.avg]
+
+    @torch.no_grad()
+    def load(self, state, source) -> None:
+        if not isinstance(state, (list, tuple)) or len(state) != len(self.avg) or any(
+                tuple(s.shape) != tuple(a.shape) for s, a in zip(state, self.avg)):
+            raise CheckpointError(f"checkpoint {source}: its weight average does not fit the model")
+        for a, s in zip(self.avg, state):
+            a.copy_(s)
+
+
 def _metric_text(metric: str, row: Mapping) -> str:
     tr, te = row[f"train_{metric}"], row[f"test_{metric}"]
     if metric == "acc":
@@ -299,7 +362,8 @@ def _metric_text(metric: str, row: Mapping) -> str:
 
 
 def _train_epoch(train_model, module, optimizer, task: AbstractTask, *, epoch, epochs, batch_size, seed,
-                 ctx, device, progress, desc, lr_at=None, solver_sampler=None, regularizer=None) -> dict:
+                 ctx, device, progress, desc, lr_at=None, solver_sampler=None, regularizer=None,
+                 ema=None) -> dict:
     module.train()
     idx = _epoch_indices(task.train_size(), epoch, seed, ctx)
     n_batches = (len(idx) + batch_size - 1) // batch_size
@@ -309,7 +373,7 @@ def _train_epoch(train_model, module, optimizer, task: AbstractTask, *, epoch, e
                         enabled=progress)
     try:
         _run_batches(batches, train_model, module, optimizer, task, sums, epoch, n_batches, epochs,
-                     lr_at, solver_sampler, regularizer)
+                     lr_at, solver_sampler, regularizer, ema)
     finally:
         if solver_sampler is not None:
             solver_sampler.restore(module)
@@ -323,7 +387,7 @@ def _train_epoch(train_model, module, optimizer, task: AbstractTask, *, epoch, e
 
 
 def _run_batches(batches, train_model, module, optimizer, task, sums, epoch, n_batches, epochs,
-                 lr_at, solver_sampler, regularizer) -> None:
+                 lr_at, solver_sampler, regularizer, ema=None) -> None:
     for b, batch in enumerate(batches):
         if lr_at is not None:
             for group in optimizer.param_groups:
@@ -339,6 +403,8 @@ def _run_batches(batches, train_model, module, optimizer, task, sums, epoch, n_b
                                 f"batch {b + 1}; lower the learning rate or tighten the solver")
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update()
         fwd, bwd, vjp = _batch_stats(module)
         sums[0] += float(loss.detach()) * n
         sums[1] += float(metric_sum)
@@ -354,7 +420,7 @@ def _model_identity(module: nn.Module) -> tuple[str, dict]:
 
 
 def _write_outputs(out_dir: Path, module, optimizer, metrics, run_cfg, task: AbstractTask,
-                   epoch: int) -> None:
+                   epoch: int, ema=None) -> None:
     kind, cfg = _model_identity(module)
     write_csv(out_dir / "metrics.csv", metrics)
     write_json(out_dir / "metrics.json", {"run": run_cfg, "model_kind": kind, "model_config": cfg,
@@ -372,11 +438,13 @@ def _write_outputs(out_dir: Path, module, optimizer, metrics, run_cfg, task: Abs
         "data": task.checkpoint_data(),
         "torch_version": str(torch.__version__),
     }
+    if ema is not None:
+        payload["ema_state"] = ema.state()
     save_checkpoint(out_dir / CHECKPOINT_NAME, payload)
 
 
 def _restore(path: Path, module: nn.Module, optimizer, run_cfg: Mapping,
-             device: torch.device) -> tuple[int, list]:
+             device: torch.device, ema=None) -> tuple[int, list]:
     ckpt = load_checkpoint(path, map_location=device)
     missing = [k for k in ("rng", "metrics") if k not in ckpt]
     if missing:
@@ -404,5 +472,10 @@ def _restore(path: Path, module: nn.Module, optimizer, run_cfg: Mapping,
             optimizer.load_state_dict(ckpt["optimizer_state"])
         except (ValueError, KeyError) as exc:
             raise CheckpointError(f"checkpoint {path}: optimiser state does not fit: {exc}") from exc
+    if ema is not None:
+        if "ema_state" not in ckpt:
+            raise CheckpointError(f"checkpoint {path} holds no weight average; it was written without "
+                                  "ema_decay")
+        ema.load(ckpt["ema_state"], path)
     set_rng_state(ckpt["rng"])
     return int(ckpt["epoch"]), list(ckpt["metrics"])
