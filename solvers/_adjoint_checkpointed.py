@@ -73,6 +73,8 @@ class _CheckpointedAdjointFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, box, y0, t, *params):
         prob: Problem = box["prob"]
+        if t.ndim == 2:
+            return _forward_batched(ctx, box, y0, t)
         record: list = []
         method = _Recording(prob.method)
         saved_cfg, saved_method = prob.cfg.record, prob.method
@@ -100,8 +102,35 @@ class _CheckpointedAdjointFunction(torch.autograd.Function):
         box = ctx.box
         if "nodes" not in box:
             raise RuntimeError("backward through a failed checkpointed-adjoint solve")
-        g_y0, g_t, g_params = _backward(box["bwd"], ys, t_int, grad_ys, box["nodes"], ctx.needs_input_grad[2])
+        if t_int.ndim == 2:  # per-sample grid: the one backward solve with the step ends as stops
+            from ._adjoint_grids import backward_batched
+
+            steps = box["nodes"]
+            g_y0, g_t, g_params = backward_batched(box["bwd"], ys, t_int, grad_ys, ctx.needs_input_grad[2], steps=steps, record_only=True)
+            if steps is not None:
+                box["prob"].stats.n_checkpoints += int(steps[1].sum())
+        else:
+            g_y0, g_t, g_params = _backward(box["bwd"], ys, t_int, grad_ys, box["nodes"], ctx.needs_input_grad[2])
         return (None, g_y0, g_t, *g_params)
+
+
+def _forward_batched(ctx, box, y0, t):
+    """The forward of a per-sample grid: every sample's accepted step ends and states kept
+    (``box["nodes"]``: ``(t1, accepted, y1)`` stacked over the batched steps, or None)."""
+    prob: Problem = box["prob"]
+    saved = prob.cfg.on_batch_step
+    store = prob.cfg.on_batch_step = _StepStore(saved)
+    try:
+        outcome = prob.run(y0=y0.detach(), t=t.detach())
+    finally:
+        prob.cfg.on_batch_step = saved
+    ys = outcome.ys if isinstance(outcome.ys, torch.Tensor) else torch.stack(outcome.ys)
+    box["outcome"] = outcome
+    if outcome.status.ok:
+        box["nodes"] = store.steps() if store.t1 else None
+    ctx.box = box
+    ctx.save_for_backward(ys, t)
+    return ys
 
 
 class _StepStore:
@@ -120,45 +149,6 @@ class _StepStore:
 
     def steps(self):
         return torch.stack(self.t1), torch.stack(self.acc), torch.stack(self.y1)
-
-
-class _BatchedFunction(torch.autograd.Function):
-    """The checkpointed adjoint on a per-sample grid: the forward keeps every sample's
-    accepted step ends and states; the backward is the per-sample adjoint's one backward
-    solve (:mod:`solvers._adjoint_grids`) with each of them a stop where the state restarts
-    from the stored one."""
-
-    @staticmethod
-    def forward(ctx, box, y0, t, *params):
-        prob: Problem = box["prob"]
-        saved = prob.cfg.on_batch_step
-        store = prob.cfg.on_batch_step = _StepStore(saved)
-        try:
-            outcome = prob.run(y0=y0.detach(), t=t.detach())
-        finally:
-            prob.cfg.on_batch_step = saved
-        ys = outcome.ys if isinstance(outcome.ys, torch.Tensor) else torch.stack(outcome.ys)
-        box["outcome"] = outcome
-        if outcome.status.ok:
-            box["steps"] = store.steps() if store.t1 else None
-        ctx.box = box
-        ctx.save_for_backward(ys, t)
-        return ys
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_ys):
-        from ._adjoint_grids import backward_batched
-
-        ys, t_int = ctx.saved_tensors
-        box = ctx.box
-        if "steps" not in box:
-            raise RuntimeError("backward through a failed checkpointed-adjoint solve")
-        steps = box["steps"]
-        g_y0, g_t, g_params = backward_batched(box["bwd"], ys, t_int, grad_ys, ctx.needs_input_grad[2], steps=steps, record_only=True)
-        if steps is not None:
-            box["prob"].stats.n_checkpoints += int(steps[1].sum())
-        return (None, g_y0, g_t, *g_params)
 
 
 def _merged_nodes(record: list, states: list, tl: list, ys: torch.Tensor):
@@ -253,8 +243,7 @@ def checkpointed_adjoint_runner(prob: Problem) -> Outcome:
     prob.gradient_options = opts
     bw = _Backward(prob, params)
     box = {"prob": prob, "bwd": bw}
-    fn = _BatchedFunction if prob.t.ndim == 2 else _CheckpointedAdjointFunction
-    ys = fn.apply(box, prob.y0, prob.t, *params)
+    ys = _CheckpointedAdjointFunction.apply(box, prob.y0, prob.t, *params)
     out = box["outcome"]
     return Outcome(ys, out.status, out.t_fail, out.detail)
 
