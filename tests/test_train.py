@@ -350,3 +350,29 @@ def test_ema_resume_is_exact_and_refuses_a_mismatch(circles, tmp_path):
 def test_ema_decay_must_lie_in_the_open_unit_interval(circles, bad):
     with pytest.raises(ValueError, match=r"ema_decay must be a number in \(0, 1\)"):
         fit(Tiny(), circles, epochs=1, ema_decay=bad)
+
+
+def test_load_model_loads_the_weight_average(tmp_path):
+    """A run with ema_decay reports metrics of the average; load_model returns those weights
+    (the checkpoint's live weights are only for resume), and a torn average is refused."""
+    from odenet.training import load_model
+    from odenet.training._views import build_view_model
+    from odenet._io import save_checkpoint
+    from odenet.training._tasks import ClassificationTask
+
+    d = load_dataset("circles", seed=0)
+    torch.manual_seed(0)
+    model = build_view_model("resnet", d, width=8)
+    res = fit(model, ClassificationTask(d), epochs=2, batch_size=32, lr=1e-2, seed=0, quiet=True, out=tmp_path / "r",
+              ema_decay=0.9, device="cpu")
+    loaded = load_model(tmp_path / "r" / "checkpoint.pt")
+    for (k, a), (_, b) in zip(res.model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert evaluate(loaded, d.x_test, d.y_test)["accuracy"] == pytest.approx(res.metrics[-1]["test_acc"], abs=1e-12)
+    ckpt = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    live = ckpt["model_state"]
+    assert any(not torch.equal(live[k], v) for k, v in res.model.state_dict().items())  # the average differs from the live weights
+    ckpt["ema_state"] = ckpt["ema_state"][:-1]
+    save_checkpoint(tmp_path / "bad.pt", ckpt)
+    with pytest.raises(CheckpointError, match="ema_state"):
+        load_model(tmp_path / "bad.pt")

@@ -147,6 +147,10 @@ def load_model(path: str | os.PathLike, *, map_location: Any = "cpu", **solver: 
     **solver
         Solver settings applied with ``configure_solver`` after loading (e.g.
         ``method="dopri5"`` to evaluate a trained ResNet as a Neural ODE).
+
+    A run trained with ``fit(..., ema_decay=...)`` loads its weight average: the weights
+    its reported metrics were measured with (the checkpoint also keeps the live weights,
+    from which ``resume`` continues).
     """
     ckpt = load_checkpoint(path, map_location=map_location)
     api = _model_api()
@@ -158,6 +162,15 @@ def load_model(path: str | os.PathLike, *, map_location: Any = "cpu", **solver: 
         model.load_state_dict(ckpt["model_state"])
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {path} does not fit its own model config: {exc}") from exc
+    avg = ckpt.get("ema_state")
+    if avg is not None:  # a run with ema_decay: its metrics were measured with the average
+        params = [p for p in model.parameters() if p.is_floating_point()]
+        if not isinstance(avg, (list, tuple)) or len(avg) != len(params) or any(
+                not isinstance(a, torch.Tensor) or a.shape != p.shape for a, p in zip(avg, params)):
+            raise CheckpointError(f"checkpoint {path}: its weight average (ema_state) does not fit its own model config")
+        with torch.no_grad():
+            for p, a in zip(params, avg):
+                p.copy_(a)
     if solver:
         model.configure_solver(**solver)
     return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model
