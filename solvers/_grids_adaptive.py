@@ -244,8 +244,9 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
         if jump is not None:
             j_next = j_next + cnt
             y_new = jump(y_new, cnt > 0, j_next - 1)
-            f0 = field(torch.where(accepted, t1, tn).to(tdt), y_new)  # afresh: the state may have jumped
-            stats.sample_f_evals += ~new_done
+            if n_run and not code:  # afresh for the next step: the state may have jumped
+                f0 = field(torch.where(accepted, t1, tn).to(tdt), y_new)
+                stats.sample_f_evals += ~new_done
         elif k_max > 0:
             kk = torch.arange(k_max, device=dev)
             jj = j_next[:, None] + kk  # (B, K)
