@@ -316,20 +316,23 @@ def _checkpoint_batched(prob: Problem) -> Outcome:
     y = prob.y0
     ys = [y.unsqueeze(0)]
 
-    def segment(y_in, k0, k1):
-        out = integrate(prob.field, y_in, t[:, k0 : k1 + 1], prob.method, prob.cfg, prob.stats)
+    def segment(y_in, k0, k1, h0):
+        out = integrate(prob.field, y_in, t[:, k0 : k1 + 1], prob.method, prob.cfg, prob.stats, h_init=h0)
         return out.ys if isinstance(out.ys, torch.Tensor) else torch.stack(out.ys), out
 
+    h_carry = None  # adaptive: each segment starts from the step sizes the last one ended with
     for k0, k1 in zip(bounds, bounds[1:]):
         box = {}
 
-        def run(y_in, k0=k0, k1=k1, box=box):
-            ys_k, out = segment(y_in, k0, k1)
+        def run(y_in, k0=k0, k1=k1, box=box, h0=h_carry):  # (the recomputation reuses the same h0)
+            ys_k, out = segment(y_in, k0, k1, h0)
             box.setdefault("out", out)
             return ys_k
 
         ys_k = tcp.checkpoint(run, y, use_reentrant=False) if torch.is_grad_enabled() else run(y)
         out = box["out"]
+        if prob.method.adaptive and prob.cfg.first_step is None and out.h_next is not None:
+            h_carry = out.h_next.detach()
         ys.append(ys_k[1:])
         if not out.status.ok:
             return Outcome(torch.cat(ys), out.status, out.t_fail, out.detail, sample=out.sample)

@@ -85,14 +85,17 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
 
 
-def integrate(field, y0: torch.Tensor, t: torch.Tensor, method: AbstractSolver, cfg: LoopConfig, stats: Stats) -> Outcome:
+def integrate(field, y0: torch.Tensor, t: torch.Tensor, method: AbstractSolver, cfg: LoopConfig, stats: Stats,
+              h_init: Optional[torch.Tensor] = None) -> Outcome:
     """Solve ``dy/dt = field(t, y)`` from ``y0`` at ``t[0]`` and return the states at ``t``.
 
     A 2-D ``t`` (``[B, T]``, increasing rows, padded by repeats) is a per-sample grid and
-    goes to the batched loops of :mod:`solvers._grids`; ``ys`` is then ``[T, B, ...]``.
+    goes to the batched loops of :mod:`solvers._grids`; ``ys`` is then ``[T, B, ...]``, and an
+    adaptive method starts from the step sizes ``h_init`` ``[B]`` when given (a caller that
+    solves segment after segment carries the last segment's ``Outcome.h_next`` on).
     """
     if t.ndim == 2:
-        return _integrate_batched(field, y0, t, method, cfg, stats)
+        return _integrate_batched(field, y0, t, method, cfg, stats, h_init)
     if t.shape[0] == 1:
         return Outcome([y0])
     own_loop = getattr(method, "integrate", None)  # multistep methods, wrappers (solvers._ownloop)
@@ -115,7 +118,7 @@ def host_times(cfg: LoopConfig, t: torch.Tensor) -> Optional[list]:
     return ht[1] if ht is not None and ht[0] is t else None
 
 
-def _integrate_batched(field, y0, t, method, cfg, stats) -> Outcome:
+def _integrate_batched(field, y0, t, method, cfg, stats, h_init=None) -> Outcome:
     from ._grids import fixed_batched
     from ._grids_adaptive import adaptive_batched
 
@@ -124,7 +127,7 @@ def _integrate_batched(field, y0, t, method, cfg, stats) -> Outcome:
     if t.shape[1] == 1:
         return Outcome(y0.unsqueeze(0))
     if method.adaptive:
-        out = adaptive_batched(field, y0, t, lengths, method, cfg, stats)
+        out = adaptive_batched(field, y0, t, lengths, method, cfg, stats, h_init=h_init)
     else:
         out = fixed_batched(field, y0, t, lengths, method, cfg, stats)
     if not isinstance(out.ys, torch.Tensor):
