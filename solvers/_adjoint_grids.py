@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from ._adjoint_rebuild import DEFAULT_REBUILD_TOL
+from ._adjoint_rebuild import DEFAULT_REBUILD_TOL, scaled_mismatch
 from ._grids import batch_rms_norm, expand_b, fixed_batched
 from ._grids_adaptive import adaptive_batched
 from ._problem import VectorField, with_time_dtype
@@ -185,11 +185,12 @@ def backward_batched(bw, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: torch.T
         cfg.reverse = not prob.reverse  # the loop runs in -tau: messages show the user's t
         cfg.norm = _seminorm
         if method.adaptive:
+            rows = cols[0]
+
             def jump(z, landed, j):
-                jj = j.clamp(min=0)[None, :, None].expand(1, B, y_store[0].reshape(B, -1).shape[1])
-                y_st = y_store.reshape(M, B, -1).gather(0, jj)[0].reshape(y_store.shape[1:])
-                g_st = g_store.reshape(M, B, -1).gather(0, jj)[0].reshape(y_store.shape[1:])
-                check.add(z[:, 0], y_st, landed, s_grid.gather(1, j.clamp(min=0)[:, None])[:, 0])
+                j = j.clamp(min=0)  # (B,) the stop each sample reached (meaningful where landed)
+                y_st, g_st = y_store[j, rows], g_store[j, rows]
+                check.add(z[:, 0], y_st, landed, s_grid[rows, j])
                 zj = torch.stack([y_st, z[:, 1] + g_st], dim=1)
                 return torch.where(expand_b(landed, z), zj, z)
 
@@ -237,15 +238,7 @@ class _RebuildCheck:
         self.at = torch.zeros(B, dtype=torch.float64, device=dev)
 
     def add(self, y_reb: torch.Tensor, y_st: torch.Tensor, landed: torch.Tensor, s_at: torch.Tensor) -> None:
-        B = y_st.shape[0]
-        ya = torch.abs(y_st).reshape(B, -1)
-        scale = (self.atol + self.rtol * torch.abs(y_st)).reshape(B, -1)
-        if ya.shape[1]:
-            scale = torch.maximum(scale, torch.finfo(ya.dtype).eps * ya.amax(dim=1, keepdim=True))
-            err = (torch.abs(y_reb - y_st).reshape(B, -1) / scale).amax(dim=1).to(torch.float64)
-        else:
-            err = torch.zeros(B, dtype=torch.float64, device=y_st.device)
-        err = torch.nan_to_num(err, nan=math.inf, posinf=math.inf)
+        err = scaled_mismatch(y_reb, y_st, self.rtol, self.atol, rows=True)
         worse = landed & (err > self.worst)
         self.worst = torch.where(worse, err, self.worst)
         self.at = torch.where(worse, s_at.to(torch.float64), self.at)

@@ -24,7 +24,7 @@ import torch
 
 from ._solution import AdjointRebuildError
 
-__all__ = ["DEFAULT_REBUILD_TOL", "rebuild_error", "check_rebuilt"]
+__all__ = ["DEFAULT_REBUILD_TOL", "scaled_mismatch", "rebuild_error", "check_rebuilt"]
 
 #: Largest accepted rebuilt-state mismatch, in units of ``atol + rtol |y|``. A healthy
 #: backward solve stays within a few units (its own error control plus the forward's);
@@ -32,20 +32,30 @@ __all__ = ["DEFAULT_REBUILD_TOL", "rebuild_error", "check_rebuilt"]
 DEFAULT_REBUILD_TOL = 100.0
 
 
-def rebuild_error(y_rebuilt: torch.Tensor, y_stored: torch.Tensor, rtol, atol) -> float:
-    """``max |y_rebuilt - y_stored| / (atol + rtol |y_stored|)`` as a float (one host sync).
+def scaled_mismatch(y_rebuilt: torch.Tensor, y_stored: torch.Tensor, rtol, atol, rows: bool = False) -> torch.Tensor:
+    """``max |y_rebuilt - y_stored| / (atol + rtol |y_stored|)``: a 0-dim tensor, or with
+    ``rows`` one per sample (``[B]``, each row of a per-sample grid on its own scale).
 
-    The scale is floored at the working precision, ``eps * max |y_stored|``: rounding of the
-    largest components reaches every component through the field, and a tolerance below
-    the dtype's resolution (the default ``rtol=1e-7`` on a float32 state) cannot be met by
-    any backward solve, healthy or not."""
-    ys = torch.abs(y_stored)
-    scale = atol + rtol * ys
-    if ys.numel():
-        scale = torch.maximum(scale, torch.finfo(ys.dtype).eps * ys.max())
-    err = torch.abs(y_rebuilt.reshape(y_stored.shape) - y_stored) / scale
-    value = float(err.max()) if err.numel() else 0.0
-    return value if math.isfinite(value) else math.inf
+    The scale is floored at the working precision, ``eps * max |y_stored|`` (of the row):
+    rounding of the largest components reaches every component through the field, and a
+    tolerance below the dtype's resolution (the default ``rtol=1e-7`` on a float32 state)
+    cannot be met by any backward solve, healthy or not. Non-finite mismatches are inf."""
+    lead = y_stored.shape[0] if rows else 1
+    ys = torch.abs(y_stored).reshape(lead, -1)
+    scale = (atol + rtol * torch.abs(y_stored)).reshape(lead, -1)
+    if ys.shape[1] == 0:
+        err = torch.zeros(lead, dtype=torch.float64, device=y_stored.device)
+    else:
+        scale = torch.maximum(scale, torch.finfo(ys.dtype).eps * ys.amax(dim=1, keepdim=True))
+        diff = torch.abs(y_rebuilt.reshape(y_stored.shape) - y_stored).reshape(lead, -1)
+        err = (diff / scale).amax(dim=1).to(torch.float64)
+    err = torch.nan_to_num(err, nan=math.inf, posinf=math.inf)
+    return err if rows else err[0]
+
+
+def rebuild_error(y_rebuilt: torch.Tensor, y_stored: torch.Tensor, rtol, atol) -> float:
+    """:func:`scaled_mismatch` of the whole state as a float (one host sync)."""
+    return float(scaled_mismatch(y_rebuilt, y_stored, rtol, atol))
 
 
 def check_rebuilt(y_rebuilt, y_stored, rtol, atol, stats, bound, t_at: float) -> None:

@@ -149,9 +149,10 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
     arangeT = torch.arange(T, device=dev)
 
     # outputs (row J, sample b, value): J = T is a scratch row for unused window slots
-    J0 = torch.where((arangeT[None, :] == 0) | done[:, None], arangeT[None, :], torch.full_like(arangeT[None, :], T))  # (B, T)
-    entries_j = [J0.T.reshape(-1)]
-    entries_v = [y0.unsqueeze(0).expand(T, *y0.shape).reshape(T * B, *y0.shape[1:])]
+    if jump is None:  # (with stops no outputs are kept)
+        J0 = torch.where((arangeT[None, :] == 0) | done[:, None], arangeT[None, :], torch.full_like(arangeT[None, :], T))  # (B, T)
+        entries_j = [J0.T.reshape(-1)]
+        entries_v = [y0.unsqueeze(0).expand(T, *y0.shape).reshape(T * B, *y0.shape[1:])]
     j_next = torch.where(done, torch.full_like(lengths, T), torch.ones_like(lengths))
 
     f0 = field(t[:, 0], y0)
