@@ -90,21 +90,24 @@ def _name_list(choices: Sequence[str]):
     return parse
 
 
+#: odenet.training.LR_SCHEDULES, repeated here so that parsing imports no torch (tests/test_cli.py checks they agree)
+_LR_SCHEDULES = ("constant", "cosine", "onecycle")
+
+
 def _lr_schedules(text: str):
     """``cosine`` (every model) or ``latent_ode=cosine,ode_rnn=constant`` (per model)."""
-    SERIES_MODELS, LR_SCHEDULES = _SERIES_MODELS, ("constant", "cosine", "onecycle")  # no torch import here
     if "=" not in text:
-        if text.strip() not in LR_SCHEDULES:
-            raise argparse.ArgumentTypeError(f"unknown schedule {text!r}; choose from {', '.join(LR_SCHEDULES)} "
+        if text.strip() not in _LR_SCHEDULES:
+            raise argparse.ArgumentTypeError(f"unknown schedule {text!r}; choose from {', '.join(_LR_SCHEDULES)} "
                                              "or give MODEL=SCHEDULE pairs such as latent_ode=cosine,ode_rnn=constant")
         return text.strip()
     table = {}
     for pair in (p.strip() for p in text.split(",") if p.strip()):
         model, _, sched = (x.strip() for x in pair.partition("="))
-        if model not in SERIES_MODELS or sched not in LR_SCHEDULES:
+        if model not in _SERIES_MODELS or sched not in _LR_SCHEDULES:
             raise argparse.ArgumentTypeError(
-                f"bad MODEL=SCHEDULE pair {pair!r}: models {', '.join(SERIES_MODELS)}; "
-                f"schedules {', '.join(LR_SCHEDULES)}")
+                f"bad MODEL=SCHEDULE pair {pair!r}: models {', '.join(_SERIES_MODELS)}; "
+                f"schedules {', '.join(_LR_SCHEDULES)}")
         table[model] = sched
     return table
 
@@ -160,7 +163,7 @@ def _common(p: argparse.ArgumentParser, compare: bool = False) -> None:
                    help=f"spectrally normalise the field's layers (bounds its Lipschitz constant; default {d['sn']})")
     p.add_argument("--head", choices=("pool", "flatten"), default=None,
                    help=f"image classifier head: pool (global average pool + linear) or flatten (default {d['head']})")
-    p.add_argument("--lr-schedule", choices=("constant", "cosine", "onecycle"), default=None,
+    p.add_argument("--lr-schedule", choices=_LR_SCHEDULES, default=None,
                    help=f"learning-rate schedule over all batches, --lr its peak (default {d['sched']})")
     p.add_argument("--label-smoothing", type=_label_smoothing, default=None,
                    help=f"label smoothing of the training loss, in [0, 1) (default {d['ls']})")

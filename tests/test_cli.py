@@ -204,3 +204,13 @@ def test_compare_cli_defaults_are_the_config_defaults(monkeypatch, tmp_path):
     assert main(["compare", "--out", str(tmp_path / "d"), "--quiet", "--no-spectral-norm", "--expansion", "2",
                  "--batch-size", "64"]) == 0
     assert (seen[-1].spectral_norm, seen[-1].expansion, seen[-1].batch_size) == (False, 2.0, 64)
+
+
+def test_the_parsers_name_lists_agree_with_the_package():
+    """cli.py repeats the series models and lr schedules so that parsing imports no torch."""
+    from odenet import cli
+    from odenet.models._series_registry import SERIES_MODELS
+    from odenet.training._loop import LR_SCHEDULES
+
+    assert tuple(cli._SERIES_MODELS) == tuple(SERIES_MODELS)
+    assert tuple(cli._LR_SCHEDULES) == tuple(LR_SCHEDULES)
