@@ -38,6 +38,15 @@ class Counted(torch.nn.Module):
         return 4.0 * self.net(y)
 
 
+class Scaled(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t, y):
+        return 4.0 * self.net(y)
+
+
 def make_problem():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2))
@@ -61,7 +70,7 @@ def _copy64(net):
     return copy.deepcopy(net).double()
 
 
-def runners(net, y0, t, method, tol):
+def runners(net, y0, t, method, tol, compiled=True):
     import torchdiffeq
     import torchode as to
 
@@ -72,6 +81,15 @@ def runners(net, y0, t, method, tol):
         return solvers.odeint(field, y0, t, method=method, rtol=tol, atol=tol)
 
     out["solvers"] = ours
+    if compiled:
+        plain = Scaled(net)  # no Python counter: a changing int on the module would recompile every call
+
+        def ours_compiled():
+            sol = solvers.solve(plain, y0, t, method=method, rtol=tol, atol=tol, options=dict(compile_step=True))
+            field.n += sol.stats.n_f_evals
+            return sol.ys
+
+        out["solvers compiled"] = ours_compiled
     if method in ("dopri5",):
         def tdq():
             return torchdiffeq.odeint(field, y0, t, method=method, rtol=tol, atol=tol)
@@ -94,6 +112,7 @@ def runners(net, y0, t, method, tol):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled-step rows (option compile_step, inductor)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     repeats = 5 if args.quick else 15
@@ -103,7 +122,7 @@ def main(argv=None):
     with torch.no_grad():
         for method in ("dopri5", "tsit5"):
             for tol in (1e-3, 1e-6):
-                field, fns = runners(net, y0, t, method, tol)
+                field, fns = runners(net, y0, t, method, tol, compiled=not args.no_compile)
                 nfe, err = {}, {}
                 for name, fn in fns.items():
                     field.n = 0
@@ -122,13 +141,15 @@ def main(argv=None):
                     r_tdq = med[name] / med["torchdiffeq"] if "torchdiffeq" in med else float("nan")
                     r_to = med[name] / med["torchode"]
                     rows.append((method, tol, name, med[name] * 1e3, nfe[name], err[name], r_tdq, r_to))
-                    print(f"{method:6s} tol={tol:7.0e} {name:11s} {med[name] * 1e3:8.2f} ms  nfe {nfe[name]:5d}  err {err[name]:.2e}  "
+                    print(f"{method:6s} tol={tol:7.0e} {name:16s} {med[name] * 1e3:8.2f} ms  nfe {nfe[name]:5d}  err {err[name]:.2e}  "
                           f"time/torchdiffeq {r_tdq:5.2f}  time/torchode {r_to:5.2f}")
     lines = [
         "# bench_adaptive: dopri5 / tsit5 against torchdiffeq 0.2.5 and torchode 1.0.1",
         "",
         "4 x MLP 2-64-64-2 (tanh), batch 256, float32, t in [0, 1] with 5 outputs, forward (no_grad), 1 thread; "
         f"medians of {repeats} interleaved repeats. Error: max abs vs scipy DOP853 (1e-12, float64). "
+        "'solvers compiled': option `compile_step=True` (each step one torch.compile'd function, inductor; the "
+        "compile itself, before the timed repeats, not counted). "
         "torchode steps per sample (its nfe = calls of the batched field). The machine was shared with other jobs.",
         "",
         "| method | tol | library | time (ms) | nfe | max error | time / torchdiffeq | time / torchode |",
@@ -144,7 +165,7 @@ def _plot(rows, name):
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for lib, marker in (("solvers", "o"), ("torchdiffeq", "s"), ("torchode", "^")):
+    for lib, marker in (("solvers", "o"), ("solvers compiled", "D"), ("torchdiffeq", "s"), ("torchode", "^")):
         pts = [(ms, e, f"{m} {tol:g}") for m, tol, l, ms, n, e, *_ in rows if l == lib]
         if pts:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=lib)

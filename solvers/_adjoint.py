@@ -78,14 +78,22 @@ class _Backward:
         options = opts.get("options")
         same = method is None or method is prob.method or (isinstance(method, str) and method == prob.method.name)
         if options is None:
-            if not same and prob.options:
+            # the forward's compiled step stays with the forward: the backward's vector-Jacobian
+            # product is not traceable
+            fwd = {k: v for k, v in prob.options.items() if k != "compile_step"}
+            if not same and fwd:
                 raise ValueError(
                     "`adjoint_method` differs from `method` and `options` were given, so the adjoint's options "
                     "cannot be inferred: pass `adjoint_options` too"
                 )
-            options = {k: v for k, v in prob.options.items() if k != "norm"} if same else {}
+            options = {k: v for k, v in fwd.items() if k != "norm"} if same else {}
         elif not isinstance(options, dict):
             raise TypeError(f"`adjoint_options` must be a dict, got {type(options).__name__}")
+        elif options.get("compile_step") not in (None, False):
+            raise ValueError(
+                "`adjoint_options` cannot hold `compile_step`: the backward pass's vector-Jacobian product is not "
+                "traceable by torch.compile; the forward solve keeps its compiled step (pass it in `options`)"
+            )
         self.options = dict(options)
         self.method = prob.method if same else method
         if isinstance(self.method, str):  # validated here, at the forward call, not in backward

@@ -13,6 +13,7 @@ from ._base import AbstractSolver
 from ._controller import AbstractController, IController, PIController
 from ._integrate import LoopConfig, Outcome, integrate, rms_norm
 from ._compile import compiling, traceable_fixed
+from ._compiled_step import supports_compiled_step
 from ._grids import check_t_batched
 from ._collocation import AbstractCollocation
 from ._implicit import _ESDIRKMixin
@@ -24,7 +25,7 @@ from ._solution import Solution, Stats, Status, exception_for
 __all__ = ["solve", "odeint", "Problem", "GRADIENT_MODES", "register_gradient_mode"]
 
 _FIXED_OPTIONS = {"step_size", "grid_constructor", "perturb", "interp"}
-_ADAPTIVE_OPTIONS = {"first_step", "min_step", "max_step", "norm", "jump_t", "step_t", "safety", "ifactor", "dfactor", "controller", "pcoeff", "icoeff", "dtype"}
+_ADAPTIVE_OPTIONS = {"first_step", "min_step", "max_step", "norm", "jump_t", "step_t", "safety", "ifactor", "dfactor", "controller", "pcoeff", "icoeff", "dtype", "compile_step"}
 _COMMON_OPTIONS = {"max_num_steps", "check_finite", "time_dtype"}
 
 
@@ -148,6 +149,7 @@ def _build_config(method: AbstractSolver, options: dict, rtol, atol, shapes, rev
         user = norm
         if user is None:
             cfg.norm = lambda x: max_of_rms(split_state(x, shapes))
+            cfg.norm.default_parts = True  # (the compiled step computes this norm itself)
         else:
             cfg.norm = lambda x: user(split_state(x, shapes))
     else:
@@ -155,6 +157,18 @@ def _build_config(method: AbstractSolver, options: dict, rtol, atol, shapes, rev
     ctrl = o.get("controller")
     if not method.adaptive:
         return cfg
+    cs = o.get("compile_step", False)
+    if cs not in (False, None):
+        if cs is True:
+            cs = "inductor"
+        if not isinstance(cs, str) or not cs:
+            raise TypeError(f"option `compile_step` must be True, False or a torch.compile backend name such as 'inductor', got {cs!r}")
+        if not supports_compiled_step(method):
+            raise ValueError(
+                f"option `compile_step` compiles the step of an adaptive explicit Runge-Kutta method (e.g. 'dopri5', 'tsit5', "
+                f"'bosh3', 'fehlberg2', 'adaptive_heun'; not 'dopri8', whose error estimate is special); {method.name!r} is not one: remove `compile_step` or change `method`"
+            )
+        cfg.compile_step = cs
     cfg.rtol, cfg.atol = adaptive_tols(rtol, atol, y0)
     if "dtype" in o:
         _check_control_dtype(o["dtype"], y0)

@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ._base import describe_info
+from ._base import StepResult, describe_info
 from ._grids import add_sample_stats, batch_norm_of, batch_rms_norm, expand_b
 from ._solution import NonFiniteStateError, Status
 
@@ -168,6 +168,12 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
     h = h.clamp(min=cfg.min_step, max=cfg.max_step)
     tn = t0
     y = y0
+    cstep = None
+    if cfg.compile_step is not None and not t64.requires_grad:  # (times that carry gradients: the eager step)
+        from ._compiled_step import compiled_step, norm_kind
+
+        kind = norm_kind(cfg.norm, per_sample=True)
+        cstep = compiled_step(method, field, kind, cfg.compile_step)
     n_steps = torch.zeros(B, dtype=torch.long, device=dev)
     code, failed_at, root_info = 0, None, None
     while True:
@@ -181,12 +187,20 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
         t1 = torch.where(done, tn, t1)
         hstep = t1 - tn  # (B,), zero for finished samples
         hstep_d = hstep.detach()
-        ts = (tn + c_col * hstep).to(tdt).unbind(0)  # (s, B): every stage time in one broadcast, as tn + c * hstep
         e0 = stats.n_f_evals
-        res = method.step(field, ts, y, expand_b(hstep.to(rdt), y), f0)
+        if cstep is not None:
+            hb = expand_b(hstep.to(rdt), y)
+            y1c, f1c, ksc, r, ts = cstep(tn + c_col * hstep, y, hb, f0, rtol, atol)
+            res = StepResult(y, y1c, f0, f1c, None, list(ksc), hb, ts, func=field)
+        else:
+            ts = (tn + c_col * hstep).to(tdt).unbind(0)  # (s, B): every stage time in one broadcast, as tn + c * hstep
+            res = method.step(field, ts, y, expand_b(hstep.to(rdt), y), f0)
         running = ~done
         with torch.no_grad():
-            if res.ok:
+            if cstep is not None:
+                ratio = (r.detach() if kind != "none" else norm(r.detach())).to(torch.float64)
+                ratio = torch.nan_to_num(ratio, nan=math.inf, posinf=math.inf, neginf=math.inf)
+            elif res.ok:
                 y1d = res.y1.detach()
                 yd = y.detach()
                 scale = atol + rtol * torch.maximum(torch.abs(yd), torch.abs(y1d))

@@ -42,6 +42,9 @@ class LoopConfig:
     step_t: tuple = ()
     jump_t: tuple = ()
     check_finite: bool = True
+    #: ``torch.compile`` backend of each adaptive explicit RK step (option ``compile_step``,
+    #: :mod:`solvers._compiled_step`); None: eager steps.
+    compile_step: Optional[str] = None
     #: The user's time runs backwards (the loop sees it negated): messages show ``-t``.
     reverse: bool = False
     #: When a list, the loop appends the end time of every accepted step (as a float, after
@@ -505,6 +508,12 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
     si = 0
     tn, y = t0, y0
     outs = [y0]
+    cstep, kind = None, None
+    if cfg.compile_step is not None and not track:  # (times that carry gradients: the eager step)
+        from ._compiled_step import compiled_step, norm_kind
+
+        kind = norm_kind(cfg.norm, per_sample=False)
+        cstep = compiled_step(method, field, kind, cfg.compile_step)
     if cfg.record is not None:
         cfg.record.append(t0)
     j = 1
@@ -528,7 +537,13 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
             times = [nudge(t1, tn, ftd) if cj == 1.0 else x for cj, x in zip(cs, times)]
         if after_jump:
             times = [nudge(tn, t1, ftd) if cj == 0.0 else x for cj, x in zip(cs, times)]
-        if track:
+        if cstep is not None:
+            if f0 is None:
+                f0 = field(torch.tensor(times[0], dtype=ftd, device=dev), y)
+            y1c, f1c, ksc, r, ts = cstep(torch.tensor(times + [hstep], dtype=torch.float64, device=dev), y, None, f0, rtol, atol)
+            res = StepResult(y, y1c, f0, f1c, None, list(ksc), hstep, ts, func=field)
+            hh = hstep
+        elif track:
             ts_t = torch.tensor(times, dtype=torch.float64, device=dev)
             T1 = T_end if (land and stop == tend) else T_n + hstep
             hh = T1 - T_n
@@ -539,11 +554,17 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
             # float32/float64: made in the field's dtype at once (the same single rounding
             # of each float as the cast from float64); half precision goes through float64
             ts = (torch.tensor(times, dtype=ftd, device=dev) if direct_t else torch.tensor(times, dtype=torch.float64, device=dev).to(ftd)).unbind(0)
-        if f0 is None:
-            f0 = field(ts[0], y)
-        res = method.step(field, ts, y, hh, f0)
+        if cstep is None:
+            if f0 is None:
+                f0 = field(ts[0], y)
+            res = method.step(field, ts, y, hh, f0)
         stats.n_steps += 1
-        if not res.ok:
+        if cstep is not None:
+            with torch.no_grad():
+                ratio = float(r if kind != "none" else norm(r))  # the one sync per step
+            last_nonfinite = not math.isfinite(ratio)
+            abs_y1 = None  # (the eager step's cache of |y1|)
+        elif not res.ok:
             ratio = math.inf
             last_nonfinite = False
         else:

@@ -1,0 +1,179 @@
+"""One adaptive explicit Runge–Kutta step fused by ``torch.compile`` (option ``compile_step``).
+
+On small states an eager step costs more in kernel launches than in arithmetic: dopri5 on a
+256 × 2 state runs ~26 elementwise kernels for its stage combinations and ~7 for its error
+norm beside the six field calls (benchmarks/README.md, "Adaptive loop: where the time
+goes"). With ``options=dict(compile_step=True)`` the step — stage combinations, the field
+calls, the solution, the error estimate, the error scale and its norm — is one function
+compiled with ``torch.compile(fullgraph=True)``, so inductor fuses the elementwise work
+into a few kernels (and into the field's own). The loop around it stays eager: the
+accept/reject decision, the step-size controller, dense output, events and hooks are
+unchanged, with the same one host read per step (the error ratio).
+
+What it costs and when it applies:
+
+- the first step compiles (tens of seconds on a small CPU; inductor caches on disk), and
+  every new field *object*, state shape, dtype or device compiles again (dynamo's guards:
+  pass the same ``nn.Module`` or function each call, not a fresh closure);
+- the results equal the eager step's to rounding (fused kernels sum in another order), so
+  an accept/reject decision at the threshold can differ;
+- explicit Runge–Kutta methods with an embedded error estimate (``dopri5``, ``tsit5``,
+  ``bosh3``, ``fehlberg2``, ``adaptive_heun``; not ``dopri8``, whose error
+  estimate has its own ratio), on a shared or a per-sample grid; the field must be
+  traceable by dynamo with no graph break (otherwise a ``RuntimeError`` names the option and
+  the cause); times that carry gradients and the continuous adjoint's backward pass (its
+  vector–Jacobian product is not traceable) run the eager step;
+- dynamo compiles at most a few variants (``torch._dynamo.config.recompile_limit``, 8) of
+  one method's step: a field that is a fresh closure per solve, or that changes a Python
+  number stored on itself at every call (a call counter), recompiles each time and soon
+  fails with that ``RuntimeError`` — count calls with the solution's ``stats`` instead.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from ._problem import split_state
+
+__all__ = ["compiled_step", "supports_compiled_step", "norm_kind"]
+
+
+def _compile_errors() -> tuple:
+    from torch._dynamo import exc
+
+    out = [exc.TorchDynamoException, exc.FailOnRecompileLimitHit]
+    try:
+        from torch._inductor.exc import InductorError
+
+        out.append(InductorError)
+    except ImportError:  # older torch
+        pass
+    return tuple(out)
+
+
+_COMPILED: dict = {}  # (backend, method, norm kind, tuple shapes, reverse) -> compiled copy of _step
+
+
+def supports_compiled_step(method) -> bool:
+    """An adaptive explicit RK method whose step is the plain tableau loop and whose error
+    ratio is the standard one."""
+    from ._base import AbstractAdaptiveSolver
+    from ._explicit import _RKMixin
+
+    return bool(method.adaptive and not method.implicit and isinstance(method, _RKMixin)
+                and type(method).step is _RKMixin.step and getattr(method, "_e", None)
+                and type(method).error_ratio is AbstractAdaptiveSolver.error_ratio)
+
+
+def _rms(x: torch.Tensor, per_sample: bool) -> torch.Tensor:
+    if x.is_complex():
+        x = x.abs()
+    if per_sample:
+        x = x.reshape(x.shape[0], -1)
+        return torch.sqrt(torch.mean(x * x, dim=1))
+    return torch.sqrt(torch.mean(x * x))
+
+
+def _step(func: Callable, reverse: bool, shapes, rows, b, e, fsal: bool, norm_kind: str, tdt: torch.dtype,
+          ts: torch.Tensor, y: torch.Tensor, h: Optional[torch.Tensor], f0: torch.Tensor, rtol, atol):
+    """The traced body: ``(y1, f1 or None, ks, r, stage times)``. Shared grid: ``ts`` holds the
+    stage times and then the step size (float64, ``h`` None); per-sample grid: ``ts`` ``(s, B)``
+    and ``h`` ``[B, 1, ...]``. ``r`` is the error ratio (``norm_kind`` "rms" / "batch" / "parts")
+    or ``error / scale`` ("none": the loop applies the user's norm)."""
+    if h is None:
+        h = ts[-1]
+        ts = ts[:-1]
+    ts = ts.to(tdt)
+
+    def f(t, x):
+        if reverse:
+            t = -t
+        if shapes is not None:
+            out = torch.cat([v.reshape(-1) for v in func(t, split_state(x, shapes))])
+        else:
+            out = func(t, x)
+        return -out if reverse else out
+
+    def comb(base, terms, ks):
+        acc = None
+        for j, c in terms:
+            acc = ks[j] * c if acc is None else acc + ks[j] * c
+        return acc * h if base is None else base + acc * h
+
+    ks = [f0]
+    yi = y
+    for i in range(1, len(rows)):
+        yi = comb(y, rows[i], ks)
+        ks.append(f(ts[i], yi))
+    if fsal:
+        y1, f1 = yi, ks[-1]
+    else:
+        y1, f1 = comb(y, b, ks), None
+    q = comb(None, e, ks) / (atol + rtol * torch.maximum(y.abs(), y1.abs()))
+    if norm_kind == "rms":
+        r = _rms(q, False)
+    elif norm_kind == "batch":
+        r = _rms(q, True)
+    elif norm_kind == "parts":  # a tuple state: the largest RMS of its parts
+        r = torch.stack([_rms(p, False) for p in split_state(q, shapes)]).max()
+    else:
+        r = q
+    return y1, f1, tuple(ks), r, ts.unbind(0)
+
+
+def norm_kind(norm: Optional[Callable], per_sample: bool) -> str:
+    """Which error norm the compiled step computes itself ("none": the loop applies ``norm``)."""
+    from ._grids import batch_rms_norm
+    from ._integrate import rms_norm
+
+    if per_sample:
+        return "batch" if norm in (None, rms_norm, batch_rms_norm) else "none"
+    if norm in (None, rms_norm):
+        return "rms"
+    if getattr(norm, "default_parts", False):
+        return "parts"
+    return "none"
+
+
+def compiled_step(method, field, kind: str, backend: str = "inductor") -> Optional[Callable]:
+    """``step(ts, y, h, f0, rtol, atol) -> (y1, f1, ks, r, stage times)`` for ``method`` on
+    ``field`` (see :func:`_step`): the compiled tableau loop, counting its field calls into
+    ``field.stats``; ``kind`` from :func:`norm_kind`. None when ``field`` is not the solve's
+    own :class:`~solvers._problem.VectorField` (a gradient mode's wrapper): the eager step."""
+    from ._problem import VectorField
+
+    if type(field) is not VectorField:
+        return None
+    func, reverse, shapes = field.func, bool(field.reverse), field.shapes
+    shapes = None if shapes is None else tuple(tuple(s) for s in shapes)
+    errors = _compile_errors()
+    key = (backend, type(method).__name__, kind, shapes, reverse)
+    fn = _COMPILED.get(key)
+    if fn is None:
+        # one copy of _step's code per key: dynamo keeps its compiled variants (and its limit of
+        # recompiles) per code object, so one method's fields do not use up another's
+        body = types.FunctionType(_step.__code__.replace(), _step.__globals__, f"_step_{len(_COMPILED)}")
+        fn = _COMPILED[key] = torch.compile(body, fullgraph=True, backend=backend)
+    rows = tuple(tuple(r) for r in method._rows)
+    b, e, fsal = tuple(method._b), tuple(method._e), bool(method._fsal)
+    calls = len(rows) - 1
+    stats = field.stats
+    tdt = field.time_dtype
+
+    def step(ts: torch.Tensor, y: torch.Tensor, h: torch.Tensor, f0: torch.Tensor, rtol, atol) -> Tuple[torch.Tensor, Optional[torch.Tensor], tuple, torch.Tensor]:
+        stats.n_f_evals += calls
+        try:
+            return fn(func, reverse, shapes, rows, b, e, fsal, kind, tdt, ts, y, h, f0, rtol, atol)
+        except errors as err:
+            raise RuntimeError(
+                f"option `compile_step`: torch.compile could not compile the step of {method.name!r} on this vector field "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). The field must trace with no graph "
+                "break (no .item(), .tolist(), print or data-dependent Python branch), and a field that changes a Python "
+                "number on itself at every call (a call counter) or is a fresh closure per solve recompiles every time: "
+                "count calls with the solution's `stats` instead. Or remove `compile_step`."
+            ) from err
+
+    return step

@@ -1,0 +1,172 @@
+"""Option ``compile_step``: each adaptive explicit RK step as one ``torch.compile``'d function.
+
+The fast tests trace with ``backend="eager"`` (dynamo's capture, where graph breaks and
+guards live, without inductor's code generation) in float64, where the compiled step
+sums in the same order as the eager one: solutions, step counts and gradients agree to
+rounding. The slow ones compile with inductor in float32.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import solvers
+
+F64 = torch.float64
+EAGER = dict(compile_step="eager")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+class TimeField(torch.nn.Module):
+    """``net(y) + sin(3 t)``: time-dependent, so a wrong stage time shows; ``t`` 0-dim or ``[B]``."""
+
+    def __init__(self, dtype=F64):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).to(dtype)
+
+    def forward(self, t, y):
+        s = torch.sin(3 * t).to(y.dtype)
+        return 2.0 * self.net(y) + (s[:, None] if s.ndim else s)
+
+
+def _both(f, y0, t, method="dopri5", tol=1e-8, **options):
+    eager = solvers.solve(f, y0, t, method=method, rtol=tol, atol=tol, options=dict(options))
+    comp = solvers.solve(f, y0, t, method=method, rtol=tol, atol=tol, options=dict(options, **EAGER))
+    return eager, comp
+
+
+def _same_counts(a, b):
+    for k in ("n_f_evals", "n_steps", "n_accepted", "n_rejected"):
+        assert getattr(a.stats, k) == getattr(b.stats, k), k
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3", "fehlberg2"])
+def test_shared_grid_equals_the_eager_step(method):
+    """Outputs inside steps (dense output from the returned stages), FSAL and non-FSAL pairs."""
+    f = TimeField()
+    y0 = torch.randn(5, 2, dtype=F64)
+    t = torch.linspace(0.0, 2.0, 9, dtype=F64)
+    eager, comp = _both(f, y0, t, method)
+    torch.testing.assert_close(comp.ys, eager.ys, rtol=1e-12, atol=1e-12)
+    _same_counts(comp, eager)
+    assert comp.stats.n_rejected > 0 or comp.stats.n_steps > 3  # a solve with real control
+
+
+def test_per_sample_grid_equals_the_eager_step():
+    f = TimeField()
+    y0 = torch.randn(3, 2, dtype=F64)
+    t = torch.tensor([[0.0, 0.4, 1.1, 2.0], [0.3, 0.5, 0.5, 0.5], [-1.0, -0.2, 0.7, 1.5]], dtype=F64)  # row 1 padded
+    eager, comp = _both(f, y0, t)
+    torch.testing.assert_close(comp.ys, eager.ys, rtol=1e-12, atol=1e-12)
+    _same_counts(comp, eager)
+    assert torch.equal(comp.stats.sample_f_evals, eager.stats.sample_f_evals)
+    assert torch.equal(comp.stats.sample_rejected, eager.stats.sample_rejected)
+
+
+def test_decreasing_time_tuple_state_and_a_user_norm():
+    f = TimeField()
+
+    def pair(t, s):  # a tuple state: (y, z) with dz/dt = |y|^2
+        y, z = s
+        return f(t, y), (y * y).sum(-1)
+
+    y0 = (torch.randn(4, 2, dtype=F64), torch.zeros(4, dtype=F64))
+    t = torch.tensor([1.0, 0.5, -0.5], dtype=F64)
+    eager, comp = _both(pair, y0, t)
+    for a, b in zip(comp.ys, eager.ys):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    _same_counts(comp, eager)
+    inf_norm = lambda x: x.abs().max()  # noqa: E731  (applied by the loop to the step's error / scale)
+    eager, comp = _both(f, y0[0], t, norm=inf_norm)
+    torch.testing.assert_close(comp.ys, eager.ys, rtol=1e-12, atol=1e-12)
+    _same_counts(comp, eager)
+
+
+def test_direct_gradients_equal_the_eager_steps():
+    f = TimeField()
+    params = list(f.parameters())
+    t = torch.tensor([[0.0, 0.5, 1.2], [0.2, 0.9, 1.0]], dtype=F64)
+    grads = []
+    for options in ({}, EAGER):
+        y0 = torch.tensor([[0.3, -0.2], [1.0, 0.5]], dtype=F64, requires_grad=True)
+        ys = solvers.odeint(f, y0, t, method="dopri5", rtol=1e-9, atol=1e-9, options=options)
+        grads.append(torch.autograd.grad((ys ** 2).sum(), [y0, *params]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+
+
+def test_adjoint_keeps_the_compiled_forward_and_refuses_it_backwards():
+    f = TimeField()
+    params = tuple(f.parameters())
+    y0 = torch.randn(3, 2, dtype=F64)
+    t = torch.linspace(0.0, 1.0, 4, dtype=F64)
+    grads = []
+    for options in ({}, EAGER):
+        ys = solvers.odeint_adjoint(f, y0, t, method="dopri5", rtol=1e-9, atol=1e-9, options=options, adjoint_params=params)
+        grads.append(torch.autograd.grad(ys.square().sum(), params))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="adjoint_options.*compile_step"):
+        solvers.odeint_adjoint(f, y0, t, method="dopri5", adjoint_params=params, adjoint_options=dict(EAGER))
+
+
+def test_bad_options_are_refused_by_name():
+    f = TimeField()
+    y0 = torch.randn(2, 2, dtype=F64)
+    t = torch.tensor([0.0, 1.0], dtype=F64)
+    with pytest.raises(ValueError, match="`compile_step` applies only to adaptive"):
+        solvers.odeint(f, y0, t, method="rk4", options=dict(compile_step=True))
+    with pytest.raises(ValueError, match="compile_step.*'kvaerno5' is not one"):
+        solvers.odeint(f, y0, t, method="kvaerno5", options=dict(compile_step=True))
+    for bad in ("", 3, 1.0):
+        with pytest.raises(TypeError, match="compile_step"):
+            solvers.odeint(f, y0, t, method="dopri5", options=dict(compile_step=bad))
+
+
+def test_a_field_that_breaks_the_graph_gets_a_named_error():
+    def f(t, y):
+        if y.sum() > 0:  # a branch on a value: a graph break under fullgraph
+            return -y
+        return y
+
+    with pytest.raises(RuntimeError, match="option `compile_step`.*graph"):
+        solvers.odeint(f, torch.ones(2, 2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), method="dopri5", options=dict(EAGER))
+
+
+def test_non_finite_state_is_reported_as_by_the_eager_step():
+    f = lambda t, y: y * y  # noqa: E731  blows up at t = 1
+    y0 = torch.ones(2, 1, dtype=F64)
+    t = torch.tensor([0.0, 2.0], dtype=F64)
+    with pytest.raises((solvers.NonFiniteStateError, solvers.StepSizeUnderflowError)) as eager:
+        solvers.odeint(f, y0, t, method="dopri5")
+    with pytest.raises(type(eager.value)):
+        solvers.odeint(f, y0, t, method="dopri5", options=dict(EAGER))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grid", ["shared", "per_sample"])
+def test_inductor_float32_within_the_tolerance(grid):
+    """Real compilation (inductor, float32): fused kernels round differently, so an accept/reject
+    decision at the threshold may move; the solutions agree to the solve's own error."""
+    f = TimeField(torch.float32)
+    for p in f.parameters():
+        p.requires_grad_(False)
+    y0 = torch.randn(64, 2)
+    t = torch.linspace(0.0, 2.0, 6) if grid == "shared" else torch.sort(torch.rand(64, 6) * 2.0, dim=1).values
+    ref = solvers.odeint(f.double(), y0.double(), t.double(), method="dopri5", rtol=1e-11, atol=1e-11)
+    f.float()
+    with torch.no_grad():
+        sol = solvers.solve(f, y0, t, method="dopri5", rtol=1e-5, atol=1e-5, options=dict(compile_step=True))
+        eager = solvers.solve(f, y0, t, method="dopri5", rtol=1e-5, atol=1e-5)
+    err_c = float((sol.ys.double() - ref).abs().max())
+    err_e = float((eager.ys.double() - ref).abs().max())
+    assert err_c < 2 * err_e + 1e-6 and err_c < 1e-3
+    assert abs(sol.stats.n_steps - eager.stats.n_steps) <= 1
