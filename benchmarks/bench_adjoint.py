@@ -41,6 +41,21 @@ class Field(torch.nn.Module):
         return self.net(y)
 
 
+class Plain(torch.nn.Module):
+    """The same net with no Python counter (a changing int on the module would make
+    ``compile_step`` recompile at every call); calls are read from the solution's stats."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+_PLAIN: dict = {}  # id(Field) -> its Plain twin (not a submodule: the state dicts stay the same)
+
+
 def _grads(f, y0, ys):
     loss = ys[-1].pow(2).sum(dim=-1).mean()
     return torch.autograd.grad(loss, [y0, *f.parameters()])
@@ -51,6 +66,14 @@ def run(lib: str, tol: float, seminorm: bool, f: Field, y0_data: torch.Tensor):
     y0 = y0_data.clone().requires_grad_()
     t = torch.tensor([0.0, T_END])
     aopts = dict(norm="seminorm") if seminorm else None
+    if lib == "solvers compiled":  # the forward solve's steps compiled (option compile_step); the backward eager
+        plain = _PLAIN[id(f)]
+        t0 = time.perf_counter()
+        sol = solvers.solve(plain, y0, t, rtol=tol, atol=tol, method="dopri5", options=dict(compile_step=True),
+                            gradient="adjoint", gradient_options=dict(options=aopts) if aopts else {})
+        g = _grads(plain, y0, sol.ys)
+        dt = time.perf_counter() - t0
+        return dt, g, sol.stats.n_f_evals, sol.stats.n_f_evals_backward
     fn = solvers.odeint_adjoint if lib == "solvers" else torchdiffeq.odeint_adjoint
     f.calls = 0
     t0 = time.perf_counter()
@@ -79,23 +102,26 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer repeats")
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--no-compile", action="store_true", help="skip the rows with the forward's steps compiled (compile_step)")
     args = p.parse_args(argv)
     reps = args.repeats or (3 if args.quick else 11)
     from tqdm import tqdm
 
     f = Field()
+    _PLAIN[id(f)] = Plain(f.net)
     torch.manual_seed(1)
     y0 = torch.randn(256, 2)
     ref = reference(f, y0)
     configs = [(tol, semi) for tol in (1e-3, 1e-6) for semi in (False, True)]
     rows = []
     for tol, semi in configs:
-        times = {"solvers": [], "torchdiffeq": []}
+        libs = ("solvers", "torchdiffeq") + (() if args.no_compile else ("solvers compiled",))
+        times = {lib: [] for lib in libs}
         info = {}
-        for lib in ("solvers", "torchdiffeq"):  # warm-up
+        for lib in libs:  # warm-up (and the compile)
             run(lib, tol, semi, f, y0)
         for _ in tqdm(range(reps), desc=f"tol={tol:g} seminorm={semi}", leave=False):
-            for lib in ("solvers", "torchdiffeq"):  # interleaved
+            for lib in libs:  # interleaved
                 dt, g, nf, nb = run(lib, tol, semi, f, y0)
                 times[lib].append(dt)
                 info[lib] = (rel_err(g, ref), nf, nb)
@@ -109,14 +135,19 @@ def main(argv=None) -> None:
         "against direct backprop at rtol=atol=1e-10 in float64. nfe: vector-field calls (backward: one per augmented evaluation,",
         "each of which also does one vector-Jacobian product, plus one per output time for time gradients in solvers when t requires grad).",
         "",
-        "| tol | adjoint norm | solvers ms | torchdiffeq ms | ratio | solvers grad err | torchdiffeq grad err | solvers nfe fwd/bwd | torchdiffeq nfe fwd/bwd |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "\"compiled\": the same solve with the forward's steps compiled (`solve(..., options=dict(compile_step=True), "
+        "gradient='adjoint')`, inductor; compile time before the repeats, not counted); its backward pass runs eager.",
+        "",
+        "| tol | adjoint norm | solvers ms | torchdiffeq ms | ratio | compiled ms | compiled ratio | compiled grad err | solvers grad err | torchdiffeq grad err | solvers nfe fwd/bwd | torchdiffeq nfe fwd/bwd |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for tol, semi, med, info in rows:
         s, d = info["solvers"], info["torchdiffeq"]
+        c = med.get("solvers compiled")
+        cms, cr, ce = (f"{c * 1e3:.1f}", f"{c / med['torchdiffeq']:.2f}", f"{info['solvers compiled'][0]:.2e}") if c is not None else ("—",) * 3
         lines.append(
             f"| {tol:g} | {'seminorm' if semi else 'mixed (default)'} | {med['solvers'] * 1e3:.1f} | {med['torchdiffeq'] * 1e3:.1f} | "
-            f"{med['solvers'] / med['torchdiffeq']:.2f} | {s[0]:.2e} | {d[0]:.2e} | {s[1]}/{s[2]} | {d[1]}/{d[2]} |"
+            f"{med['solvers'] / med['torchdiffeq']:.2f} | {cms} | {cr} | {ce} | {s[0]:.2e} | {d[0]:.2e} | {s[1]}/{s[2]} | {d[1]}/{d[2]} |"
         )
     lines.append("")
     for tol in (1e-3, 1e-6):

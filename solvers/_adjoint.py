@@ -78,8 +78,7 @@ class _Backward:
         options = opts.get("options")
         same = method is None or method is prob.method or (isinstance(method, str) and method == prob.method.name)
         if options is None:
-            # the forward's compiled step stays with the forward: the backward's vector-Jacobian
-            # product is not traceable
+            # (`compile_step` is the backward's own setting: self.compile_step below)
             fwd = {k: v for k, v in prob.options.items() if k != "compile_step"}
             if not same and fwd:
                 raise ValueError(
@@ -89,12 +88,12 @@ class _Backward:
             options = {k: v for k, v in fwd.items() if k != "norm"} if same else {}
         elif not isinstance(options, dict):
             raise TypeError(f"`adjoint_options` must be a dict, got {type(options).__name__}")
-        elif options.get("compile_step") not in (None, False):
-            raise ValueError(
-                "`adjoint_options` cannot hold `compile_step`: the backward pass's vector-Jacobian product is not "
-                "traceable by torch.compile; the forward solve keeps its compiled step (pass it in `options`)"
-            )
-        self.options = dict(options)
+        self.options = {k: v for k, v in options.items() if k != "compile_step"}
+        #: the backward solve's compiled step (`adjoint_options`' own `compile_step` when it has one,
+        #: else the forward's): used where the backward field is traceable (see _backward)
+        self.compile_step = options["compile_step"] if "compile_step" in options else prob.options.get("compile_step")
+        if self.compile_step not in (None, False, True) and not (isinstance(self.compile_step, str) and self.compile_step):
+            raise TypeError(f"adjoint option `compile_step` must be True, False or a torch.compile backend name, got {self.compile_step!r}")
         self.method = prob.method if same else method
         if isinstance(self.method, str):  # validated here, at the forward call, not in backward
             from ._registry import get_method
@@ -302,7 +301,15 @@ def _backward(bw: _Backward, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: tor
             z0 = (ys[n - 1], a, *a_p)
             opts = dict(bw.options)
             norm_spec = opts.pop("norm", None)
-            bprob = make_problem(aug, z0, t_back, method=bw.method, rtol=_aug_tol(bw.rtol, prob, params), atol=_aug_tol(bw.atol, prob, params), options=opts)
+            field_b = aug
+            if bw.compile_step not in (None, False) and prob.shapes is None:
+                from ._compiled_step import supports_compiled_step, traced_augmented
+                from ._registry import get_method
+
+                traced = traced_augmented(prob.func, params) if supports_compiled_step(bw.method if not isinstance(bw.method, str) else get_method(bw.method)) else None
+                if traced is not None:  # the backward's steps compiled too
+                    field_b, opts["compile_step"] = traced, bw.compile_step
+            bprob = make_problem(field_b, z0, t_back, method=bw.method, rtol=_aug_tol(bw.rtol, prob, params), atol=_aug_tol(bw.atol, prob, params), options=opts)
             bprob.field.time_dtype = prob.field.time_dtype
             aug.differentiable = bool(getattr(bprob.method, "implicit", False))
             bprob.cfg.norm = backward_norm(norm_spec, prob, bprob.shapes)

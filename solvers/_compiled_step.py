@@ -32,6 +32,7 @@ What it costs and when it applies:
 from __future__ import annotations
 
 import types
+import weakref
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -58,14 +59,14 @@ _COMPILED: dict = {}  # (backend, method, norm kind, tuple shapes, reverse) -> c
 
 
 def supports_compiled_step(method) -> bool:
-    """An adaptive explicit RK method whose step is the plain tableau loop and whose error
-    ratio is the standard one."""
+    """An adaptive explicit RK method (class or instance) whose step is the plain tableau loop
+    and whose error ratio is the standard one."""
     from ._base import AbstractAdaptiveSolver
     from ._explicit import _RKMixin
 
-    return bool(method.adaptive and not method.implicit and isinstance(method, _RKMixin)
-                and type(method).step is _RKMixin.step and getattr(method, "_e", None)
-                and type(method).error_ratio is AbstractAdaptiveSolver.error_ratio)
+    cls = method if isinstance(method, type) else type(method)
+    return bool(cls.adaptive and not cls.implicit and issubclass(cls, _RKMixin) and cls.step is _RKMixin.step
+                and getattr(cls, "_e", None) and cls.error_ratio is AbstractAdaptiveSolver.error_ratio)
 
 
 def _rms(x: torch.Tensor, per_sample: bool) -> torch.Tensor:
@@ -177,3 +178,46 @@ def compiled_step(method, field, kind: str, backend: str = "inductor") -> Option
             ) from err
 
     return step
+
+
+class TracedAugmented:
+    """The continuous adjoint's backward field ``(y, a) -> (f, -a^T df/dy, *(-a^T df/dp))``
+    written with ``torch.func.vjp`` over ``functional_call`` of the user's module, which
+    dynamo traces (``torch.autograd.grad``, which the eager backward field uses, it does not):
+    the backward solve's steps can then be compiled as well."""
+
+    def __init__(self, module: torch.nn.Module, names: tuple, params: tuple):
+        self.module, self.names, self.params = module, names, params
+
+    def __call__(self, u, z):
+        from torch.func import functional_call, vjp
+
+        y, a = z[0], z[1]
+        module, names = self.module, self.names
+
+        def fn(yy, *ps):
+            return functional_call(module, dict(zip(names, ps)), (u, yy))
+
+        fy, back = vjp(fn, y, *[p.detach() for p in self.params])
+        grads = back(-a)
+        return (fy, grads[0], *[g.to(a.dtype) for g in grads[1:]])
+
+
+_AUGMENTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def traced_augmented(func, params: tuple) -> Optional[TracedAugmented]:
+    """The traceable backward field of ``func`` when ``func`` is an ``nn.Module`` holding every
+    parameter in ``params`` (one object per module and parameter set, so that dynamo's guards
+    hold from one backward pass to the next); None otherwise (the eager backward field)."""
+    if not isinstance(func, torch.nn.Module):
+        return None
+    named = {id(p): n for n, p in func.named_parameters()}
+    if any(id(p) not in named for p in params):
+        return None
+    key = tuple(id(p) for p in params)
+    cache = _AUGMENTED.setdefault(func, {})
+    aug = cache.get(key)
+    if aug is None or any(q is not p for q, p in zip(aug.params, params)):
+        aug = cache[key] = TracedAugmented(func, tuple(named[id(p)] for p in params), tuple(params))
+    return aug

@@ -103,19 +103,34 @@ def test_direct_gradients_equal_the_eager_steps():
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
 
 
-def test_adjoint_keeps_the_compiled_forward_and_refuses_it_backwards():
+def test_adjoint_compiles_both_passes_and_equals_the_eager_adjoint():
+    """The backward field by torch.func.vjp (traceable) on an nn.Module: same gradients and the
+    same backward steps as the eager adjoint; a plain function's backward runs eager."""
     f = TimeField()
     params = tuple(f.parameters())
     y0 = torch.randn(3, 2, dtype=F64)
     t = torch.linspace(0.0, 1.0, 4, dtype=F64)
-    grads = []
-    for options in ({}, EAGER):
-        ys = solvers.odeint_adjoint(f, y0, t, method="dopri5", rtol=1e-9, atol=1e-9, options=options, adjoint_params=params)
-        grads.append(torch.autograd.grad(ys.square().sum(), params))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    with pytest.raises(ValueError, match="adjoint_options.*compile_step"):
-        solvers.odeint_adjoint(f, y0, t, method="dopri5", adjoint_params=params, adjoint_options=dict(EAGER))
+    out = {}
+    for name, options, gopts in (("eager", {}, {}), ("compiled", EAGER, {}),
+                                 ("seminorm eager", {}, dict(options=dict(norm="seminorm"))),
+                                 ("seminorm compiled", EAGER, dict(options=dict(norm="seminorm"))),
+                                 ("backward eager", EAGER, dict(options=dict(compile_step=False)))):
+        sol = solvers.solve(f, y0, t, method="dopri5", rtol=1e-9, atol=1e-9, options=options, gradient="adjoint",
+                            params=params, gradient_options=gopts)
+        g = torch.autograd.grad(sol.ys.square().sum(), params)
+        out[name] = (g, sol.stats.n_f_evals_backward, sol.stats.n_steps_backward)
+    for a, b in (("compiled", "eager"), ("seminorm compiled", "seminorm eager"), ("backward eager", "eager")):
+        for x, y in zip(out[a][0], out[b][0]):
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+        assert out[a][1:] == out[b][1:], a
+    assert out["seminorm eager"][1] < out["eager"][1]  # the norm reached the backward solve
+    net = f.net
+    g_fn = solvers.odeint_adjoint(lambda s, y: net(y) * torch.cos(s), y0, t, method="dopri5", options=dict(EAGER),
+                                  adjoint_params=params)  # not a module: the eager backward field
+    g_mod = solvers.odeint_adjoint(lambda s, y: net(y) * torch.cos(s), y0, t, method="dopri5", adjoint_params=params)
+    torch.testing.assert_close(torch.autograd.grad(g_fn.sum(), params), torch.autograd.grad(g_mod.sum(), params))
+    with pytest.raises(TypeError, match="adjoint option `compile_step`"):
+        solvers.odeint_adjoint(f, y0, t, method="dopri5", adjoint_params=params, adjoint_options=dict(compile_step=3))
 
 
 def test_bad_options_are_refused_by_name():
