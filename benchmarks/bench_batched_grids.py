@@ -57,6 +57,20 @@ class TimeMLP(torch.nn.Module):
         return self.net(torch.cat([y, tt], dim=1))
 
 
+class PlainTimeMLP(torch.nn.Module):
+    """The same net without the Python counter (a changing int on the module would make
+    ``compile_step`` recompile at every call); its calls are read from the solution's stats."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t, y):
+        t = t.to(y.dtype)
+        tt = t.reshape(-1, 1).expand(y.shape[0], 1) if t.numel() > 1 else t.reshape(1, 1).expand(y.shape[0], 1)
+        return self.net(torch.cat([y, tt], dim=1))
+
+
 def make_problem(b=B, seed=0):
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -74,7 +88,7 @@ def reference(field, y0, t):
         return solvers.odeint(f64, y0.double(), t.double(), method="dopri5", rtol=1e-10, atol=1e-10)
 
 
-def runners(field, y0, t, backward: bool):
+def runners(field, y0, t, backward: bool, compiled: bool = True):
     import torchdiffeq
     import torchode as to
 
@@ -86,6 +100,13 @@ def runners(field, y0, t, backward: bool):
 
     def ours():
         return solvers.odeint(field, y0, t, method="dopri5", rtol=TOL, atol=TOL)
+
+    plain = PlainTimeMLP(field.net)
+
+    def ours_compiled():  # option compile_step (inductor); its calls added to the counter
+        sol = solvers.solve(plain, y0, t, method="dopri5", rtol=TOL, atol=TOL, options=dict(compile_step=True))
+        field.n += sol.stats.n_f_evals
+        return sol.ys
 
     def ours_adj():
         return solvers.odeint_adjoint(field, y0, t, method="dopri5", rtol=TOL, atol=TOL, adjoint_params=params)
@@ -114,6 +135,8 @@ def runners(field, y0, t, backward: bool):
 
     if not backward:
         out["solvers batched"] = ours
+        if compiled:
+            out["solvers batched compiled"] = ours_compiled
         out["solvers loop"] = loop
         out["torchode"] = tode
         out["torchdiffeq union"] = tdq
@@ -130,6 +153,8 @@ def runners(field, y0, t, backward: bool):
 
     out["solvers batched adjoint"] = with_grad(ours_adj)
     out["solvers batched direct"] = with_grad(ours)
+    if compiled:
+        out["solvers batched direct compiled"] = with_grad(ours_compiled)
     out[f"solvers loop adjoint (first {LOOP_BWD} samples)"] = with_grad(lambda: loop(adj=True, n=LOOP_BWD))
     out["torchode"] = with_grad(tode)
     # torchdiffeq's adjoint on the union grid is left out: it integrates backwards over all
@@ -140,6 +165,7 @@ def runners(field, y0, t, backward: bool):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled-step rows (option compile_step)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     repeats = 3 if args.quick else 7
@@ -149,7 +175,7 @@ def main(argv=None):
     ref = reference(field, y0, t)
     rows = []
     for backward in (False, True):
-        fns = runners(field, y0, t, backward)
+        fns = runners(field, y0, t, backward, compiled=not args.no_compile)
         nfe, err = {}, {}
         for name, fn in fns.items():
             field.n = 0
@@ -168,7 +194,7 @@ def main(argv=None):
         base = "solvers batched adjoint" if backward else "solvers batched"
         for name in fns:
             rows.append(("fwd+bwd" if backward else "forward", name, med[name] * 1e3, nfe[name], err[name], med[base] / med[name]))
-            print(f"{rows[-1][0]:8s} {name:26s} {med[name] * 1e3:9.1f} ms  nfe {nfe[name]:6d}  err {err[name]:.2e}  batched/this {med[base] / med[name]:6.3f}")
+            print(f"{rows[-1][0]:8s} {name:32s} {med[name] * 1e3:9.1f} ms  nfe {nfe[name]:6d}  err {err[name]:.2e}  batched/this {med[base] / med[name]:6.3f}")
     lines = [
         "# bench_batched_grids: per-sample time grids (t of shape [B, T])",
         "",
@@ -178,7 +204,7 @@ def main(argv=None):
         "the loop's calls are on one sample each). torchdiffeq solves every series from the earliest start on the "
         "union grid (a different problem: time and nfe only). Backward: loss (ys**2).mean(); the backward loop ran on "
         f"the first {LOOP_BWD} samples and its time is scaled by {B // LOOP_BWD} (its nfe is not). The machine was shared "
-        "with other jobs.",
+        "with other jobs. 'compiled': option `compile_step=True` (inductor; compile before the timed repeats).",
         "",
         "| pass | runner | time (ms) | nfe | max error | batched time / this |",
         "|---|---|---|---|---|---|",
