@@ -105,6 +105,7 @@ def main(argv=None) -> None:
     p.add_argument("--no-compile", action="store_true", help="skip the rows with the forward's steps compiled (compile_step)")
     args = p.parse_args(argv)
     reps = args.repeats or (3 if args.quick else 11)
+    torch.set_num_threads(1)  # like the other benchmarks: two intra-op threads on a shared 2-core box oversubscribe it
     from tqdm import tqdm
 
     f = Field()
@@ -130,7 +131,7 @@ def main(argv=None) -> None:
     lines = [
         "# Continuous adjoint vs torchdiffeq.odeint_adjoint",
         "",
-        "dopri5 forward+backward, MLP 2->64->64->2 tanh, batch 256, float32, t in [0, 10], CPU;",
+        "dopri5 forward+backward, MLP 2->64->64->2 tanh, batch 256, float32, t in [0, 10], CPU, 1 thread;",
         f"median of {reps} interleaved repeats in one process. Gradient error: relative 2-norm over (y0, params)",
         "against direct backprop at rtol=atol=1e-10 in float64. nfe: vector-field calls (backward: one per augmented evaluation,",
         "each of which also does one vector-Jacobian product, plus one per output time for time gradients in solvers when t requires grad).",

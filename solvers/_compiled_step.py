@@ -21,8 +21,12 @@ What it costs and when it applies:
   ``bosh3``, ``fehlberg2``, ``adaptive_heun``; not ``dopri8``, whose error
   estimate has its own ratio), on a shared or a per-sample grid; the field must be
   traceable by dynamo with no graph break (otherwise a ``RuntimeError`` names the option and
-  the cause); times that carry gradients and the continuous adjoint's backward pass (its
-  vector–Jacobian product is not traceable) run the eager step;
+  the cause); times that carry gradients run the eager step;
+- the continuous adjoint's backward solve compiles its steps too when the field is an
+  ``nn.Module`` holding the adjoint parameters: its backward field is then
+  :class:`TracedAugmented` (``torch.func.vjp``, which dynamo traces, instead of
+  ``torch.autograd.grad``, which it does not); otherwise, and on per-sample grids and for the
+  checkpointed adjoint, the backward runs eager;
 - dynamo compiles at most a few variants (``torch._dynamo.config.recompile_limit``, 8) of
   one method's step: a field that is a fresh closure per solve, or that changes a Python
   number stored on itself at every call (a call counter), recompiles each time and soon
