@@ -163,6 +163,12 @@ def _build_config(method: AbstractSolver, options: dict, rtol, atol, shapes, rev
             cs = "inductor"
         if not isinstance(cs, str) or not cs:
             raise TypeError(f"option `compile_step` must be True, False or a torch.compile backend name such as 'inductor', got {cs!r}")
+        try:
+            from torch._dynamo import lookup_backend
+
+            lookup_backend(cs)
+        except Exception as err:  # torch's InvalidBackend, re-raised naming the option
+            raise ValueError(f"option `compile_step`: {err}") from err
         if not supports_compiled_step(method):
             raise ValueError(
                 f"option `compile_step` compiles the step of an adaptive explicit Runge-Kutta method (e.g. 'dopri5', 'tsit5', "

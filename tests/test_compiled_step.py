@@ -141,6 +141,8 @@ def test_bad_options_are_refused_by_name():
         solvers.odeint(f, y0, t, method="rk4", options=dict(compile_step=True))
     with pytest.raises(ValueError, match="compile_step.*'kvaerno5' is not one"):
         solvers.odeint(f, y0, t, method="kvaerno5", options=dict(compile_step=True))
+    with pytest.raises(ValueError, match="option `compile_step`: Invalid backend: 'nope'"):
+        solvers.odeint(f, y0, t, method="dopri5", options=dict(compile_step="nope"))
     for bad in ("", 3, 1.0):
         with pytest.raises(TypeError, match="compile_step"):
             solvers.odeint(f, y0, t, method="dopri5", options=dict(compile_step=bad))
