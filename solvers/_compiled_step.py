@@ -69,7 +69,7 @@ def supports_compiled_step(method) -> bool:
     from ._explicit import _RKMixin
 
     cls = method if isinstance(method, type) else type(method)
-    return bool(cls.adaptive and not cls.implicit and issubclass(cls, _RKMixin) and cls.step is _RKMixin.step
+    return bool(issubclass(cls, _RKMixin) and cls.adaptive and not cls.implicit and cls.step is _RKMixin.step
                 and getattr(cls, "_e", None) and cls.error_ratio is AbstractAdaptiveSolver.error_ratio)
 
 
@@ -147,11 +147,12 @@ def compiled_step(method, field, kind: str, backend: str = "inductor") -> Option
     """``step(ts, y, h, f0, rtol, atol) -> (y1, f1, ks, r, stage times)`` for ``method`` on
     ``field`` (see :func:`_step`): the compiled tableau loop, counting its field calls into
     ``field.stats``; ``kind`` from :func:`norm_kind`. None when ``field`` is not the solve's
-    own :class:`~solvers._problem.VectorField` (a gradient mode's wrapper): the eager step."""
+    own :class:`~solvers._problem.VectorField` or ``method`` has its own step (a gradient
+    mode's wrapper of either): the eager step."""
     from ._problem import VectorField
 
-    if type(field) is not VectorField:
-        return None
+    if type(field) is not VectorField or not supports_compiled_step(method):
+        return None  # (e.g. the checkpointed adjoint's recording wrapper of the method: its own step)
     func, reverse, shapes = field.func, bool(field.reverse), field.shapes
     shapes = None if shapes is None else tuple(tuple(s) for s in shapes)
     errors = _compile_errors()

@@ -187,3 +187,19 @@ def test_inductor_float32_within_the_tolerance(grid):
     err_e = float((eager.ys.double() - ref).abs().max())
     assert err_c < 2 * err_e + 1e-6 and err_c < 1e-3
     assert abs(sol.stats.n_steps - eager.stats.n_steps) <= 1
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "checkpointed_adjoint"])
+@pytest.mark.parametrize("grid", ["shared", "per_sample"])
+def test_other_gradient_modes_run_the_compiled_steps(gradient, grid):
+    f = TimeField()
+    params = tuple(f.parameters())
+    y0 = torch.randn(3, 2, dtype=F64)
+    t = torch.linspace(0.0, 1.0, 4, dtype=F64) if grid == "shared" else torch.tensor(
+        [[0.0, 0.4, 1.1], [0.3, 0.5, 0.5], [-1.0, -0.2, 0.7]], dtype=F64)
+    grads = []
+    for options in ({}, EAGER):
+        sol = solvers.solve(f, y0, t, method="dopri5", rtol=1e-9, atol=1e-9, options=options, gradient=gradient, params=params)
+        grads.append(torch.autograd.grad(sol.ys.square().sum(), params))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
