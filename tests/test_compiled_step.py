@@ -203,3 +203,16 @@ def test_other_gradient_modes_run_the_compiled_steps(gradient, grid):
         grads.append(torch.autograd.grad(sol.ys.square().sum(), params))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_events_and_dense_output_use_the_compiled_steps_stages():
+    f = TimeField()
+    y0 = torch.tensor([[0.5, -0.3], [1.0, 0.2]], dtype=F64)
+    t = torch.tensor([0.0, 3.0], dtype=F64)
+    ev = solvers.Event(lambda s, y: y[..., 0] - 0.8, terminal=True)  # per sample
+    sols = [solvers.solve(f, y0, t, method="dopri5", rtol=1e-9, atol=1e-9, options=o, events=ev, dense=True) for o in ({}, EAGER)]
+    q = torch.linspace(0.0, 1.5, 7, dtype=F64)
+    eager, comp = sols
+    torch.testing.assert_close(comp.evaluate(q), eager.evaluate(q), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(comp.event_t, eager.event_t, rtol=1e-12, atol=1e-12, equal_nan=True)  # NaN: no event
+    assert torch.isfinite(eager.event_t).any()  # an event was located
