@@ -112,6 +112,34 @@ def _lr_schedules(text: str):
     return table
 
 
+#: odenet.jobs._timeseries.LATENT_ODE_OPTIONS, repeated so that parsing imports no torch (tests check they agree)
+_LATENT_ODE_OPTIONS = {"latent": int, "units": int, "n_samples": int, "kl_warmup": int, "obs_std": float,
+                       "kl_weight": float}
+
+
+def _latent_ode_options(text: str) -> dict:
+    """``n_samples=3,kl_weight=0.1``: constructor settings of the Latent ODE (checked again by the job)."""
+    opts = {}
+    for pair in (p.strip() for p in text.split(",") if p.strip()):
+        key, eq, value = (x.strip() for x in pair.partition("="))
+        if key not in _LATENT_ODE_OPTIONS or not eq:
+            raise argparse.ArgumentTypeError(f"bad KEY=VALUE pair {pair!r}; keys {', '.join(_LATENT_ODE_OPTIONS)}")
+        kind = _LATENT_ODE_OPTIONS[key]
+        try:
+            v = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key} takes {'an integer' if kind is int else 'a number'}, "
+                                             f"got {value!r}") from None
+        low = 1 if key in ("latent", "units", "n_samples") else 0
+        if not low <= v < float("inf") or (key == "obs_std" and not v > 0):
+            raise argparse.ArgumentTypeError(f"{key} must be {'> 0' if key == 'obs_std' else f'>= {low}'}"
+                                             f"{' and finite' if kind is float else ''}, got {value!r}")
+        opts[key] = v
+    if not opts:
+        raise argparse.ArgumentTypeError("give KEY=VALUE pairs, e.g. n_samples=3")
+    return opts
+
+
 def _float_list(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -371,6 +399,9 @@ def _timeseries_parser(sub) -> None:
     ts.add_argument("--ema-decay", type=_open_unit_float, default=None,
                     help="evaluate an exponential moving average of the weights with this decay per "
                          "optimiser step, in (0, 1), e.g. 0.9 (default: the last weights)")
+    ts.add_argument("--latent-ode", type=_latent_ode_options, default={}, metavar="KEY=VALUE[,...]",
+                    help="settings of the Latent ODE only: " + ", ".join(_LATENT_ODE_OPTIONS) +
+                         ", e.g. n_samples=3 (default: the model's defaults)")
     ts.add_argument("--hidden", type=_positive_int, default=32, help="hidden state size (default 32)")
     ts.add_argument("--time-scale", type=_positive_float, default=0.1,
                     help="time between two samples of a UEA/UCR series (default 0.1)")
@@ -400,7 +431,7 @@ def _run_timeseries(args: argparse.Namespace) -> int:
         **({"batch_size": args.batch_size, "batch_size_regression": args.batch_size} if args.batch_size else {}),
         lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, hidden=args.hidden, n_sines=args.n_sines,
         time_scale=args.time_scale, weight_decay=args.weight_decay, ema_decay=args.ema_decay,
-        device=args.device, out=args.out,
+        latent_ode=args.latent_ode, device=args.device, out=args.out,
         quiet=args.quiet, plots=not args.no_plots, limit_train=args.limit_train, limit_test=args.limit_test,
         method=args.method, steps=args.steps, rtol=args.rtol, atol=args.atol, gradient=args.gradient))
     if args.quiet:

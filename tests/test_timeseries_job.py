@@ -136,3 +136,52 @@ def test_timeseries_cli_refuses_bad_recipe_flags(tmp_path):
                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
         assert bad.returncode == 2 and flag in bad.stderr, bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_timeseries_latent_ode_options_reach_the_latent_ode_only(tmp_path):
+    """latent_ode={...} (--latent-ode) builds the Latent ODE with those settings and no other model."""
+    from odenet.jobs import load_series_data
+
+    kw = dict(data=["sines"], models=["latent_ode", "ode_rnn"], epochs=1, n_sines=40, limit_train=16,
+              limit_test=8, quiet=True, plots=False)
+    opts = {"latent": 4, "units": 8, "n_samples": 2, "kl_weight": 0.5}
+    report = odenet.timeseries(out=str(tmp_path / "a"), latent_ode=opts, **kw)
+    plain = odenet.timeseries(out=str(tmp_path / "b"), **kw)
+    runs, base = ({r["model"]: r for r in rep["runs"]} for rep in (report, plain))
+    assert runs["latent_ode"]["model_options"] == opts and runs["ode_rnn"]["model_options"] == {}
+    assert base["latent_ode"]["model_options"] == {}
+    saved = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert saved["config"]["latent_ode"] == opts and saved["runs"][0]["model_options"] == opts
+    d = odenet.jobs._timeseries._limit(load_series_data("sines", n_sines=40), 16, 8)
+    odenet.set_seed(0)
+    m = odenet.models.build_series_model("latent_ode", 1, hidden=32, **opts)
+    assert (m.latent, m.n_samples, m.kl_weight) == (4, 2, 0.5)
+    res = odenet.fit(m, odenet.training.series_task(d), epochs=1, batch_size=64, lr=1e-2, seed=0, device="cpu",
+                     quiet=True)
+    assert runs["latent_ode"]["test_mse"] == res.metrics[-1]["test_mse"]
+    assert runs["latent_ode"]["test_mse"] != base["latent_ode"]["test_mse"]
+    assert [r["test_mse"] for r in runs["ode_rnn"]["history"]] == [r["test_mse"] for r in base["ode_rnn"]["history"]]
+    for bad, match in [({"hidden": 8}, "unknown setting"), ({"n_samples": 0}, "n_samples"),
+                       ({"latent": 2.5}, "latent"), ({"obs_std": 0.0}, "obs_std"), ({"kl_weight": -1.0}, "kl_weight"),
+                       ({"kl_warmup": True}, "kl_warmup"), ("n_samples=3", "mapping")]:
+        with pytest.raises(ValueError, match=match):
+            odenet.timeseries(out=str(tmp_path / "c"), **{**kw, "latent_ode": bad})
+    assert not (tmp_path / "c").exists()
+
+
+def test_timeseries_cli_latent_ode_parsing():
+    import argparse
+    import inspect
+
+    from odenet.cli import _LATENT_ODE_OPTIONS, _latent_ode_options, build_parser
+    from odenet.jobs._timeseries import LATENT_ODE_OPTIONS
+
+    assert _LATENT_ODE_OPTIONS == LATENT_ODE_OPTIONS  # the parser's copy agrees with the job's
+    params = inspect.signature(odenet.models.LatentODE.__init__).parameters
+    assert all(k in params and type(params[k].default) is t for k, t in LATENT_ODE_OPTIONS.items())
+    args = build_parser().parse_args(["timeseries", "--latent-ode", "n_samples=3, kl_weight=0.1", "--out", "x"])
+    assert args.latent_ode == {"n_samples": 3, "kl_weight": 0.1} and type(args.latent_ode["n_samples"]) is int
+    assert build_parser().parse_args(["timeseries", "--out", "x"]).latent_ode == {}
+    for bad in ("hidden=3", "n_samples", "n_samples=0", "latent=1.5", "obs_std=0", "kl_weight=nan", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _latent_ode_options(bad)

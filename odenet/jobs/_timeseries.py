@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -32,6 +32,9 @@ __all__ = ["TimeseriesConfig", "timeseries", "format_series_table", "load_series
 
 _SYNTHETIC = ("sines", "sines_interp", "spirals")
 _SOLVER_FIELDS = ("method", "steps", "rtol", "atol", "gradient")
+#: settings of :class:`odenet.models.LatentODE` that ``latent_ode`` (``--latent-ode``) may set, and their types
+LATENT_ODE_OPTIONS = {"latent": int, "units": int, "n_samples": int, "kl_warmup": int, "obs_std": float,
+                      "kl_weight": float}
 
 
 @dataclass
@@ -67,6 +70,11 @@ class TimeseriesConfig:
     ema_decay : float in (0, 1), optional
         Evaluate and return an exponential moving average of the weights
         (:func:`odenet.fit`'s ``ema_decay``; default None: the last weights).
+    latent_ode : mapping
+        Constructor settings of the Latent ODE only (:class:`odenet.models.LatentODE`): any of
+        ``latent``, ``units``, ``n_samples``, ``kl_warmup`` (integers), ``obs_std``, ``kl_weight``
+        (numbers), e.g. ``{"n_samples": 3}``; default empty: the class's defaults. Each run
+        records the ones it got as ``model_options`` in ``results.json``.
     method, steps, rtol, atol, gradient : optional
         Override the ODE models' solver configuration (default rk4, one step per gap).
     """
@@ -92,6 +100,7 @@ class TimeseriesConfig:
     lr_schedule: Union[str, Mapping[str, str]] = "constant"
     weight_decay: float = 0.0
     ema_decay: Optional[float] = None
+    latent_ode: Mapping[str, Union[int, float]] = field(default_factory=dict)
     method: Optional[str] = None
     steps: Optional[int] = None
     rtol: Optional[float] = None
@@ -125,9 +134,27 @@ class TimeseriesConfig:
         if self.ema_decay is not None and (isinstance(self.ema_decay, bool) or not isinstance(
                 self.ema_decay, (int, float)) or not 0 < self.ema_decay < 1):
             raise ValueError(f"ema_decay must be a number in (0, 1) (e.g. 0.9) or None, got {self.ema_decay!r}")
+        self._check_latent_ode()
         for name in self.data:
             if name not in _SYNTHETIC and name not in uea_datasets():
                 load_uea(name)  # raises, listing close matches
+
+    def _check_latent_ode(self) -> None:
+        opts = self.latent_ode
+        if not isinstance(opts, Mapping):
+            raise ValueError(f"latent_ode must be a mapping of LatentODE settings, got {opts!r}")
+        bad = [k for k in opts if k not in LATENT_ODE_OPTIONS]
+        if bad:
+            raise ValueError(f"latent_ode names unknown setting(s) {bad}; choose from {', '.join(LATENT_ODE_OPTIONS)}")
+        for k, v in opts.items():
+            if LATENT_ODE_OPTIONS[k] is int:
+                low = 1 if k in ("latent", "units", "n_samples") else 0
+                if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                    raise ValueError(f"latent_ode {k} must be an integer >= {low}, got {v!r}")
+            elif isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= float(v) < float("inf") \
+                    or (k == "obs_std" and not v > 0):
+                raise ValueError(f"latent_ode {k} must be a {'positive' if k == 'obs_std' else 'non-negative'} "
+                                 f"finite number, got {v!r}")
 
     def schedule_of(self, model: str) -> str:
         """The learning-rate schedule of ``model`` (:attr:`lr_schedule`); bad settings raise ``ValueError``."""
@@ -234,8 +261,9 @@ def timeseries(config: TimeseriesConfig | None = None, **kwargs: Any) -> dict:
             epochs = config.epochs or (config.epochs_classification if classify else config.epochs_regression)
             for model_name in config.models:
                 set_seed(config.seed)
+                options = dict(config.latent_ode) if model_name == "latent_ode" else {}
                 model = build_series_model(model_name, data.channels, num_classes=data.num_classes,
-                                           hidden=config.hidden, **solver)
+                                           hidden=config.hidden, **solver, **options)
                 label = f"{name}/{data.task}/drop{rate:g}/{model_name}"
                 bar.set_postfix_str(label)
                 c0 = time.process_time()
@@ -248,7 +276,7 @@ def timeseries(config: TimeseriesConfig | None = None, **kwargs: Any) -> dict:
                 run = {"data": name, "task": data.task, "drop": float(rate), "model": model_name,
                        "ode": model_name in ODE_SERIES_MODELS,
                        "train_time_s": res.train_time, "cpu_time_s": time.process_time() - c0,
-                       "epochs": epochs, "lr_schedule": schedule,
+                       "epochs": epochs, "lr_schedule": schedule, "model_options": options,
                        "nfe_forward_per_batch": sum(r["nfe_forward"] for r in hist) / len(hist),
                        "nfe_backward_per_batch": sum(r["nfe_backward"] + r["vjp_backward"] for r in hist) / len(hist),
                        "history": hist}
