@@ -26,6 +26,7 @@ from torch.autograd.function import once_differentiable
 
 from ._api import Problem, make_problem, register_gradient_mode, solve
 from ._base import AbstractSolver
+from ._compiled_step import backend_of
 from ._integrate import Outcome, rms_norm
 from ._problem import nonfinite_y0, split_state, with_time_dtype
 from ._solution import NonFiniteStateError, SolverError, exception_for
@@ -91,9 +92,8 @@ class _Backward:
         self.options = {k: v for k, v in options.items() if k != "compile_step"}
         #: the backward solve's compiled step (`adjoint_options`' own `compile_step` when it has one,
         #: else the forward's): used where the backward field is traceable (see _backward)
-        self.compile_step = options["compile_step"] if "compile_step" in options else prob.options.get("compile_step")
-        if self.compile_step not in (None, False, True) and not (isinstance(self.compile_step, str) and self.compile_step):
-            raise TypeError(f"adjoint option `compile_step` must be True, False or a torch.compile backend name, got {self.compile_step!r}")
+        self.compile_step = backend_of(options["compile_step"], "adjoint option `compile_step`") if "compile_step" in options \
+            else prob.cfg.compile_step
         self.method = prob.method if same else method
         if isinstance(self.method, str):  # validated here, at the forward call, not in backward
             from ._registry import get_method
@@ -302,7 +302,7 @@ def _backward(bw: _Backward, ys: torch.Tensor, t_int: torch.Tensor, grad_ys: tor
             opts = dict(bw.options)
             norm_spec = opts.pop("norm", None)
             field_b = aug
-            if bw.compile_step not in (None, False) and prob.shapes is None:
+            if bw.compile_step is not None and prob.shapes is None:
                 from ._compiled_step import supports_compiled_step, traced_augmented
                 from ._registry import get_method
 

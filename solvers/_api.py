@@ -11,9 +11,9 @@ import torch
 
 from ._base import AbstractSolver
 from ._controller import AbstractController, IController, PIController
-from ._integrate import LoopConfig, Outcome, integrate, rms_norm
+from ._integrate import LoopConfig, Outcome, integrate, max_of_rms, rms_norm
 from ._compile import compiling, traceable_fixed
-from ._compiled_step import supports_compiled_step
+from ._compiled_step import backend_of, supports_compiled_step
 from ._grids import check_t_batched
 from ._collocation import AbstractCollocation
 from ._implicit import _ESDIRKMixin
@@ -157,18 +157,8 @@ def _build_config(method: AbstractSolver, options: dict, rtol, atol, shapes, rev
     ctrl = o.get("controller")
     if not method.adaptive:
         return cfg
-    cs = o.get("compile_step", False)
-    if cs not in (False, None):
-        if cs is True:
-            cs = "inductor"
-        if not isinstance(cs, str) or not cs:
-            raise TypeError(f"option `compile_step` must be True, False or a torch.compile backend name such as 'inductor', got {cs!r}")
-        try:
-            from torch._dynamo import lookup_backend
-
-            lookup_backend(cs)
-        except Exception as err:  # torch's InvalidBackend, re-raised naming the option
-            raise ValueError(f"option `compile_step`: {err}") from err
+    cs = backend_of(o.get("compile_step"))
+    if cs is not None:
         if not supports_compiled_step(method):
             raise ValueError(
                 f"option `compile_step` compiles the step of an adaptive explicit Runge-Kutta method (e.g. 'dopri5', 'tsit5', "
@@ -232,10 +222,6 @@ def _check_batched_config(method: AbstractSolver, cfg: LoopConfig, options: dict
             f"the controller {type(cfg.controller).__name__} has no per-sample step-size control (`propose_batch`), "
             "which a per-sample `t` needs; use controller='i' or 'pi', or implement init_batch/propose_batch"
         )
-
-
-def max_of_rms(parts) -> torch.Tensor:
-    return torch.stack([rms_norm(p) for p in parts]).max()
 
 
 def make_problem(func, y0, t, *, method, rtol, atol, options, params=None, traceable=False) -> Problem:

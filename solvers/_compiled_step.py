@@ -41,9 +41,10 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
+from ._integrate import max_of_rms, rms_norm
 from ._problem import split_state
 
-__all__ = ["compiled_step", "supports_compiled_step", "norm_kind"]
+__all__ = ["compiled_step", "supports_compiled_step", "traced_norm", "backend_of", "traced_augmented"]
 
 
 def _compile_errors() -> tuple:
@@ -59,7 +60,7 @@ def _compile_errors() -> tuple:
     return tuple(out)
 
 
-_COMPILED: dict = {}  # (backend, method, norm kind, tuple shapes, reverse) -> compiled copy of _step
+_COMPILED: dict = {}  # (backend, method, norm, tuple shapes, reverse) -> compiled copy of _step
 
 
 def supports_compiled_step(method) -> bool:
@@ -73,21 +74,13 @@ def supports_compiled_step(method) -> bool:
                 and getattr(cls, "_e", None) and cls.error_ratio is AbstractAdaptiveSolver.error_ratio)
 
 
-def _rms(x: torch.Tensor, per_sample: bool) -> torch.Tensor:
-    if x.is_complex():
-        x = x.abs()
-    if per_sample:
-        x = x.reshape(x.shape[0], -1)
-        return torch.sqrt(torch.mean(x * x, dim=1))
-    return torch.sqrt(torch.mean(x * x))
-
-
-def _step(func: Callable, reverse: bool, shapes, rows, b, e, fsal: bool, norm_kind: str, tdt: torch.dtype,
+def _step(func: Callable, reverse: bool, shapes, rows, b, e, fsal: bool, norm: Optional[Callable], tdt: torch.dtype,
           ts: torch.Tensor, y: torch.Tensor, h: Optional[torch.Tensor], f0: torch.Tensor, rtol, atol):
     """The traced body: ``(y1, f1 or None, ks, r, stage times)``. Shared grid: ``ts`` holds the
     stage times and then the step size (float64, ``h`` None); per-sample grid: ``ts`` ``(s, B)``
-    and ``h`` ``[B, 1, ...]``. ``r`` is the error ratio (``norm_kind`` "rms" / "batch" / "parts")
-    or ``error / scale`` ("none": the loop applies the user's norm)."""
+    and ``h`` ``[B, 1, ...]``. ``r`` is the error ratio ``norm(error / scale)`` (``norm`` from
+    :func:`traced_norm`; a tuple state's parts are split for :func:`~solvers._integrate.max_of_rms`)
+    or ``error / scale`` when ``norm`` is None (the loop applies the user's norm)."""
     if h is None:
         h = ts[-1]
         ts = ts[:-1]
@@ -118,35 +111,48 @@ def _step(func: Callable, reverse: bool, shapes, rows, b, e, fsal: bool, norm_ki
     else:
         y1, f1 = comb(y, b, ks), None
     q = comb(None, e, ks) / (atol + rtol * torch.maximum(y.abs(), y1.abs()))
-    if norm_kind == "rms":
-        r = _rms(q, False)
-    elif norm_kind == "batch":
-        r = _rms(q, True)
-    elif norm_kind == "parts":  # a tuple state: the largest RMS of its parts
-        r = torch.stack([_rms(p, False) for p in split_state(q, shapes)]).max()
-    else:
+    if norm is None:
         r = q
+    else:
+        r = norm(split_state(q, shapes) if norm is max_of_rms else q)
     return y1, f1, tuple(ks), r, ts.unbind(0)
 
 
-def norm_kind(norm: Optional[Callable], per_sample: bool) -> str:
-    """Which error norm the compiled step computes itself ("none": the loop applies ``norm``)."""
+def traced_norm(norm: Optional[Callable], per_sample: bool) -> Optional[Callable]:
+    """The loop's default error norm, computed inside the compiled step (``rms_norm``,
+    ``batch_rms_norm`` or a tuple state's ``max_of_rms``); None for a user's norm, which the
+    loop applies to the step's ``error / scale``."""
     from ._grids import batch_rms_norm
-    from ._integrate import rms_norm
 
     if per_sample:
-        return "batch" if norm in (None, rms_norm, batch_rms_norm) else "none"
+        return batch_rms_norm if norm in (None, rms_norm, batch_rms_norm) else None
     if norm in (None, rms_norm):
-        return "rms"
-    if getattr(norm, "default_parts", False):
-        return "parts"
-    return "none"
+        return rms_norm
+    return max_of_rms if getattr(norm, "default_parts", False) else None
 
 
-def compiled_step(method, field, kind: str, backend: str = "inductor") -> Optional[Callable]:
+def backend_of(value, what: str = "option `compile_step`") -> Optional[str]:
+    """``compile_step``'s value as a torch.compile backend name (None: eager steps); bad values
+    raise, naming ``what``."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "inductor"
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{what} must be True, False or a torch.compile backend name such as 'inductor', got {value!r}")
+    try:
+        from torch._dynamo import lookup_backend
+
+        lookup_backend(value)
+    except Exception as err:  # torch's InvalidBackend, re-raised naming the option
+        raise ValueError(f"{what}: {err}") from err
+    return value
+
+
+def compiled_step(method, field, norm: Optional[Callable], backend: str = "inductor") -> Optional[Callable]:
     """``step(ts, y, h, f0, rtol, atol) -> (y1, f1, ks, r, stage times)`` for ``method`` on
     ``field`` (see :func:`_step`): the compiled tableau loop, counting its field calls into
-    ``field.stats``; ``kind`` from :func:`norm_kind`. None when ``field`` is not the solve's
+    ``field.stats``; ``norm`` from :func:`traced_norm`. None when ``field`` is not the solve's
     own :class:`~solvers._problem.VectorField` or ``method`` has its own step (a gradient
     mode's wrapper of either): the eager step."""
     from ._problem import VectorField
@@ -156,7 +162,7 @@ def compiled_step(method, field, kind: str, backend: str = "inductor") -> Option
     func, reverse, shapes = field.func, bool(field.reverse), field.shapes
     shapes = None if shapes is None else tuple(tuple(s) for s in shapes)
     errors = _compile_errors()
-    key = (backend, type(method).__name__, kind, shapes, reverse)
+    key = (backend, type(method).__name__, norm, shapes, reverse)
     fn = _COMPILED.get(key)
     if fn is None:
         # one copy of _step's code per key: dynamo keeps its compiled variants (and its limit of
@@ -172,7 +178,7 @@ def compiled_step(method, field, kind: str, backend: str = "inductor") -> Option
     def step(ts: torch.Tensor, y: torch.Tensor, h: torch.Tensor, f0: torch.Tensor, rtol, atol) -> Tuple[torch.Tensor, Optional[torch.Tensor], tuple, torch.Tensor]:
         stats.n_f_evals += calls
         try:
-            return fn(func, reverse, shapes, rows, b, e, fsal, kind, tdt, ts, y, h, f0, rtol, atol)
+            return fn(func, reverse, shapes, rows, b, e, fsal, norm, tdt, ts, y, h, f0, rtol, atol)
         except errors as err:
             raise RuntimeError(
                 f"option `compile_step`: torch.compile could not compile the step of {method.name!r} on this vector field "

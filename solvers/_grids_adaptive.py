@@ -170,10 +170,10 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
     y = y0
     cstep = None
     if cfg.compile_step is not None and not t64.requires_grad:  # (times that carry gradients: the eager step)
-        from ._compiled_step import compiled_step, norm_kind
+        from ._compiled_step import compiled_step, traced_norm
 
-        kind = norm_kind(cfg.norm, per_sample=True)
-        cstep = compiled_step(method, field, kind, cfg.compile_step)
+        tnorm = traced_norm(cfg.norm, per_sample=True)
+        cstep = compiled_step(method, field, tnorm, cfg.compile_step)
     n_steps = torch.zeros(B, dtype=torch.long, device=dev)
     code, failed_at, root_info = 0, None, None
     while True:
@@ -198,7 +198,7 @@ def adaptive_batched(field, y0: torch.Tensor, t: torch.Tensor, lengths: torch.Te
         running = ~done
         with torch.no_grad():
             if cstep is not None:
-                ratio = (r.detach() if kind != "none" else norm(r.detach())).to(torch.float64)
+                ratio = (r.detach() if tnorm is not None else norm(r.detach())).to(torch.float64)
                 ratio = torch.nan_to_num(ratio, nan=math.inf, posinf=math.inf, neginf=math.inf)
             elif res.ok:
                 y1d = res.y1.detach()

@@ -88,6 +88,11 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
 
 
+def max_of_rms(parts) -> torch.Tensor:
+    """The default error norm of a tuple state: the largest RMS of its parts."""
+    return torch.stack([rms_norm(p) for p in parts]).max()
+
+
 def integrate(field, y0: torch.Tensor, t: torch.Tensor, method: AbstractSolver, cfg: LoopConfig, stats: Stats,
               h_init: Optional[torch.Tensor] = None) -> Outcome:
     """Solve ``dy/dt = field(t, y)`` from ``y0`` at ``t[0]`` and return the states at ``t``.
@@ -508,12 +513,12 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
     si = 0
     tn, y = t0, y0
     outs = [y0]
-    cstep, kind = None, None
+    cstep, tnorm = None, None
     if cfg.compile_step is not None and not track:  # (times that carry gradients: the eager step)
-        from ._compiled_step import compiled_step, norm_kind
+        from ._compiled_step import compiled_step, traced_norm
 
-        kind = norm_kind(cfg.norm, per_sample=False)
-        cstep = compiled_step(method, field, kind, cfg.compile_step)
+        tnorm = traced_norm(cfg.norm, per_sample=False)
+        cstep = compiled_step(method, field, tnorm, cfg.compile_step)
     if cfg.record is not None:
         cfg.record.append(t0)
     j = 1
@@ -561,7 +566,7 @@ def _adaptive(field, y0, t, method: AbstractSolver, cfg: LoopConfig, stats: Stat
         stats.n_steps += 1
         if cstep is not None:
             with torch.no_grad():
-                ratio = float(r if kind != "none" else norm(r))  # the one sync per step
+                ratio = float(r if tnorm is not None else norm(r))  # the one sync per step
             last_nonfinite = not math.isfinite(ratio)
             abs_y1 = None  # (the eager step's cache of |y1|)
         elif not res.ok:
