@@ -42,6 +42,13 @@ B, T, TOL = 256, 20, 1e-5
 LOOP_BWD = 32
 
 
+def with_time(net, t, y):
+    """``net([y, t])`` with ``t`` a scalar or one time per sample (``[B]``)."""
+    t = t.to(y.dtype)
+    tt = t.reshape(-1, 1).expand(y.shape[0], 1) if t.numel() > 1 else t.reshape(1, 1).expand(y.shape[0], 1)
+    return net(torch.cat([y, tt], dim=1))
+
+
 class TimeMLP(torch.nn.Module):
     """``f(t, y) = net([y, t])``; ``t`` a scalar or one time per sample (``[B]``)."""
 
@@ -52,9 +59,7 @@ class TimeMLP(torch.nn.Module):
 
     def forward(self, t, y):
         self.n += 1
-        t = t.to(y.dtype)
-        tt = t.reshape(-1, 1).expand(y.shape[0], 1) if t.numel() > 1 else t.reshape(1, 1).expand(y.shape[0], 1)
-        return self.net(torch.cat([y, tt], dim=1))
+        return with_time(self.net, t, y)
 
 
 class PlainTimeMLP(torch.nn.Module):
@@ -66,9 +71,7 @@ class PlainTimeMLP(torch.nn.Module):
         self.net = net
 
     def forward(self, t, y):
-        t = t.to(y.dtype)
-        tt = t.reshape(-1, 1).expand(y.shape[0], 1) if t.numel() > 1 else t.reshape(1, 1).expand(y.shape[0], 1)
-        return self.net(torch.cat([y, tt], dim=1))
+        return with_time(self.net, t, y)
 
 
 def make_problem(b=B, seed=0):
