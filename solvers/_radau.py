@@ -29,6 +29,7 @@ from ._collocation import _RADAU5, AbstractCollocation, _failure_info, flat_step
 from ._ift import StageEquation
 from ._implicit import _nonzero, _solve_cache
 from ._krylov import gmres
+from ._lu import lu_factor_ex
 from ._registry import register_method
 from ._rootbase import work_dtype
 
@@ -128,7 +129,7 @@ class Radau5(AbstractCollocation, AbstractAdaptiveSolver):
             w = work_dtype(Jf.dtype)
             g = gh.to(w)[:, :, None] if _per_sample(gh) else gh
             M = torch.eye(n, dtype=w, device=Jf.device) - g * Jf.to(w)
-            lu, piv, info = torch.linalg.lu_factor_ex(M)
+            lu, piv, info = lu_factor_ex(M)
 
             def solve(v):
                 out = torch.linalg.lu_solve(lu, piv, v.to(w)[:, :, None])[:, :, 0]

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ._krylov import NewtonKrylov, gmres
+from ._lu import lu_factor_ex
 from ._rootbase import (
     AbstractRootFinder,
     BatchView,
@@ -245,7 +246,7 @@ class Newton(AbstractRootFinder):
         # the identity instead and is flagged like a singular one (it fails, named, at the
         # first step; no extra host read: the flag is read with the norms).
         finite = torch.isfinite(J).flatten(1).all(1)
-        lu, piv, info = torch.linalg.lu_factor_ex(torch.where(finite[:, None, None], eye - J, eye))
+        lu, piv, info = lu_factor_ex(torch.where(finite[:, None, None], eye - J, eye))
         js.lu = (lu, piv)
         js.info = torch.where(finite, info, torch.ones_like(info))  # (B,) int, > 0: no Newton step
         js.gamma_lu = gamma
