@@ -23,6 +23,7 @@ from torch.nn.utils import parametrize
 
 import solvers
 
+from ._direct_calls import DirectCalls
 from .fields._standard import LayerwiseField
 
 __all__ = ["ODEBlock", "SOLVER_KEYS"]
@@ -84,12 +85,14 @@ class _Replay:
     blocks are plain ``block(x)`` calls, the block of every step and the field's
     :meth:`~odenet.LayerwiseField.structure` they are valid for."""
 
-    __slots__ = ("cfg", "field", "replay", "calls", "structure")
+    __slots__ = ("cfg", "field", "replay", "calls", "structure", "direct")
 
     def __init__(self, cfg: dict, field: nn.Module, replay):
         self.cfg, self.field, self.replay = cfg, field, replay
         self.calls = field.step_blocks(replay.times) if isinstance(field, LayerwiseField) else None
         self.structure = field.structure() if self.calls is not None else None
+        #: the same blocks called without nn.Module.__call__ while that is exact (_direct_calls)
+        self.direct = DirectCalls.make(self.calls)
 
 
 class ODEBlock(nn.Module):
@@ -485,7 +488,8 @@ class ODEBlock(nn.Module):
         if rec.structure is not None:  # a layerwise field's blocks, called without the time lookup
             if field.structure() != rec.structure:
                 return None
-            y, stats = rec.replay.run(x, rec.calls)
+            direct = rec.direct
+            y, stats = rec.replay.run(x, direct.calls if direct is not None and direct.usable() else rec.calls)
         else:
             func = field.as_function() if isinstance(field, LayerwiseField) else field
             if func is not rec.replay.func:

@@ -166,6 +166,95 @@ def test_layerwise_replay_runs_block_hooks():
     assert seen == [torch.Size([4, 8])] * 2
 
 
+def _count_block_calls(monkeypatch):
+    """Counts nn.Module.__call__ of Sequential blocks (the replay's direct calls skip it)."""
+    calls = []
+    real = nn.Module._wrapped_call_impl
+
+    def counting(self, *a, **k):
+        if type(self) is nn.Sequential:
+            calls.append(self)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(nn.Module, "_wrapped_call_impl", counting)
+    return calls
+
+
+def test_layerwise_replay_calls_leaves_directly_with_the_same_bits(monkeypatch):
+    block = _layerwise_block()
+    x = torch.randn(4, 8)
+    block(torch.randn(4, 8))
+    module_calls = _count_block_calls(monkeypatch)
+    with torch.no_grad():
+        y = block(x)
+    assert module_calls == [] and block._replay.direct.usable()
+    xg = x.clone().requires_grad_(True)
+    yg = block(xg)
+    assert module_calls == []
+    xr = x.clone().requires_grad_(True)
+    want = _resnet(list(block.field.blocks), xr)
+    assert torch.equal(y, want) and torch.equal(yg, want)
+    g = torch.randn(4, 8)
+    assert torch.equal(torch.autograd.grad(yg, xg, g)[0], torch.autograd.grad(want, xr, g)[0])
+
+
+@pytest.mark.parametrize("change", ["child_hook", "sequential_pre_hook", "global_hook", "backward_hook",
+                                    "replace_child", "delete_child", "compiled"])
+def test_direct_calls_step_aside_when_module_call_would_differ(monkeypatch, change):
+    """Hooks added after the record, a changed Sequential or module.compile(): the replay
+    calls the blocks through nn.Module.__call__ again, with what that call does."""
+    block = _layerwise_block()
+    field, x = block.field, torch.randn(4, 8)
+    block(torch.randn(4, 8))
+    seq = field.blocks[1]
+    handle, seen = None, []
+    if change == "child_hook":
+        handle = seq[2].register_forward_hook(lambda m, i, o: o * 0.5)
+    elif change == "sequential_pre_hook":
+        handle = seq.register_forward_pre_hook(lambda m, i: (i[0] * 2.0,))
+    elif change == "global_hook":
+        handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: seen.append(type(m)))
+    elif change == "backward_hook":
+        handle = seq[0].register_full_backward_hook(lambda m, gi, go: seen.append("bwd"))
+    elif change == "replace_child":
+        seq[1] = nn.Sigmoid()
+    elif change == "delete_child":
+        del seq[1]
+    else:
+        seq.compile(backend="eager")
+    try:
+        assert not block._replay.direct.usable()
+        xr = x.clone().requires_grad_(True)
+        want = _resnet(list(field.blocks), xr)
+        seen.clear()
+        xg = x.clone().requires_grad_(True)
+        y = block(xg)
+        assert torch.equal(y, want)
+        if change == "global_hook":
+            assert nn.Sequential in seen and nn.Linear in seen
+        y.sum().backward()
+        if change == "backward_hook":
+            assert seen == ["bwd"]
+    finally:
+        if handle is not None:
+            handle.remove()
+    if change in ("child_hook", "sequential_pre_hook", "global_hook", "backward_hook"):
+        assert block._replay.direct.usable()  # the hook removed: direct again
+
+
+def test_direct_calls_keep_a_sequential_subclass_and_plain_modules_whole():
+    class Scaled(nn.Sequential):
+        def forward(self, x):
+            return 3.0 * super().forward(x)
+
+    torch.manual_seed(0)
+    blocks = [Scaled(nn.Linear(4, 4), nn.Tanh()), nn.Linear(4, 4), nn.Sequential(nn.Sequential(nn.Linear(4, 4)))]
+    block = odenet.ODEBlock(odenet.LayerwiseField(blocks, t1=3), method="euler", steps=3)
+    x = torch.randn(2, 4)
+    block(x)
+    assert torch.equal(block(x), _resnet(blocks, x))
+
+
 @pytest.mark.parametrize("change", ["shape", "dtype", "configure", "field"])
 def test_anything_changed_takes_the_general_path(monkeypatch, change):
     block = _block()
