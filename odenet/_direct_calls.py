@@ -32,6 +32,11 @@ SUPPORTED = (all(isinstance(d, dict) for d in _GLOBAL_HOOKS)
              and all(isinstance(getattr(nn.Identity(), a, None), dict) for a in _HOOK_DICTS))
 
 
+def _checkable(m) -> bool:
+    return (isinstance(m, nn.Module) and not isinstance(m, torch.jit.ScriptModule)
+            and all(isinstance(m.__dict__.get(a), dict) for a in _HOOK_DICTS))
+
+
 def _sequential_call(children: tuple):
     def call(x):
         for m in children:
@@ -64,9 +69,14 @@ class DirectCalls:
 
     @classmethod
     def make(cls, blocks: Optional[Sequence[nn.Module]]) -> Optional["DirectCalls"]:
+        """The plan for ``blocks``, or None where some module is not a plain ``nn.Module``
+        whose hooks this check can see (a ScriptModule, say)."""
         if blocks is None or not SUPPORTED or not all(isinstance(b, nn.Module) for b in blocks):
             return None
-        return cls(blocks)
+        plan = cls(blocks)
+        if not all(_checkable(m) for m in plan._modules):
+            return None
+        return plan
 
     def usable(self) -> bool:
         """Whether calling the leaves' ``forward`` is exactly ``block(x)`` right now."""

@@ -255,6 +255,17 @@ def test_direct_calls_keep_a_sequential_subclass_and_plain_modules_whole():
     assert torch.equal(block(x), _resnet(blocks, x))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_direct_calls_leave_script_modules_to_their_own_call():
+    torch.manual_seed(0)
+    blocks = [torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.Tanh())), nn.Sequential(nn.Linear(4, 4))]
+    block = odenet.ODEBlock(odenet.LayerwiseField(blocks, t1=2), method="euler", steps=2)
+    x = torch.randn(2, 4)
+    block(x)
+    assert block._replay.calls is not None and block._replay.direct is None
+    assert torch.equal(block(x), _resnet(blocks, x))
+
+
 @pytest.mark.parametrize("change", ["shape", "dtype", "configure", "field"])
 def test_anything_changed_takes_the_general_path(monkeypatch, change):
     block = _block()
