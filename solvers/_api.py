@@ -19,6 +19,7 @@ from ._collocation import AbstractCollocation
 from ._implicit import _ESDIRKMixin
 from ._problem import VectorField, adaptive_tols, nonfinite_y0, check_t, check_tol, check_y0, split_state, unflatten_outputs
 from ._registry import get_method
+from . import _plans
 from ._replay import PlainReplay
 from ._solution import Solution, Stats, Status, exception_for
 
@@ -308,6 +309,12 @@ def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, optio
         raise TypeError("`raise_on_failure` must be a bool")
     if gradient_options is not None and not isinstance(gradient_options, dict):
         raise TypeError(f"`gradient_options` must be a dict, got {type(gradient_options).__name__}")
+    plain_call = (gradient == "direct" and events is None and dense is False and params is None
+                  and gradient_options is None)
+    if plain_call:  # a repeat of a plain fixed-step solve runs from its kept plan (solvers._plans)
+        sol = _plans.lookup(func, y0, t, method, rtol, atol, options)
+        if sol is not None:
+            return sol
     prob = make_problem(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, params=params,
                         traceable=gradient == "direct" and events is None and dense is False)
     prob.gradient_options = dict(gradient_options or {})
@@ -325,6 +332,8 @@ def solve(func: Callable, y0, t, *, method="dopri5", rtol=1e-7, atol=1e-9, optio
         # path; solvers._replay). Not made in inference mode: its stage times would be
         # inference tensors, which a later solve under autograd could not save.
         sol._replay = PlainReplay(*outcome.plain, prob.y0)
+        if plain_call and sol.status.ok:
+            _plans.store(func, y0, t, method, rtol, atol, options, outcome.plain, prob.cfg.check_finite)
     return sol if hooks is None else hooks.finish(sol)
 
 
