@@ -1,5 +1,5 @@
-"""Helpers shared by the tests' gradient checks: central finite differences and large
-random weights (a field far from its initialisation)."""
+"""Helpers shared by the tests: central finite differences, large random weights (a field far
+from its initialisation) and a call counter for a patched function."""
 
 import torch
 
@@ -25,3 +25,16 @@ def big_weights(module, scale: float, seed: int = 0):
         for p in module.parameters():
             p.copy_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return module
+
+
+def count_calls(monkeypatch, owner, name: str) -> list:
+    """Replace ``owner.name`` by a wrapper that appends 1 to the returned list per call."""
+    calls = []
+    real = getattr(owner, name)
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls

@@ -9,6 +9,8 @@ import torch
 import solvers
 from solvers import _api, _plans
 
+from _checks import count_calls
+
 D = torch.float64
 
 
@@ -25,15 +27,7 @@ def _net(d=3):
 
 
 def _count_problems(monkeypatch):
-    calls = []
-    real = _api.make_problem
-
-    def counting(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(_api, "make_problem", counting)
-    return calls
+    return count_calls(monkeypatch, _api, "make_problem")
 
 
 def _uncached(*args, **kw):

@@ -11,6 +11,8 @@ from torch import nn
 import odenet
 import solvers
 
+from _checks import count_calls
+
 
 class _TimeField(nn.Module):
     """A time-conditioned MLP field that records the times it is called with."""
@@ -34,15 +36,7 @@ def _block(steps=4, t1=1.0, method="euler"):
 
 
 def _count_solves(monkeypatch):
-    calls = []
-    real = solvers.solve
-
-    def counting(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(solvers, "solve", counting)
-    return calls
+    return count_calls(monkeypatch, solvers, "solve")
 
 
 @pytest.mark.parametrize("steps,t1", [(4, 1.0), (3, 0.7), (1, 2.0)])
