@@ -15,6 +15,7 @@ import sys
 from typing import Sequence
 
 from ._io import check_out_dir
+from .jobs._timeseries import LATENT_ODE_OPTIONS, latent_ode_problem
 
 __all__ = ["main", "build_parser"]
 
@@ -112,28 +113,26 @@ def _lr_schedules(text: str):
     return table
 
 
-#: odenet.jobs._timeseries.LATENT_ODE_OPTIONS, repeated so that parsing imports no torch (tests check they agree)
-_LATENT_ODE_OPTIONS = {"latent": int, "units": int, "n_samples": int, "kl_warmup": int, "obs_std": float,
-                       "kl_weight": float}
+#: the Latent ODE settings ``--latent-ode`` takes, and their types: the job's own table
+_LATENT_ODE_OPTIONS = LATENT_ODE_OPTIONS
 
 
 def _latent_ode_options(text: str) -> dict:
-    """``n_samples=3,kl_weight=0.1``: constructor settings of the Latent ODE (checked again by the job)."""
+    """``n_samples=3,kl_weight=0.1``: constructor settings of the Latent ODE (the job's rules)."""
     opts = {}
     for pair in (p.strip() for p in text.split(",") if p.strip()):
         key, eq, value = (x.strip() for x in pair.partition("="))
-        if key not in _LATENT_ODE_OPTIONS or not eq:
-            raise argparse.ArgumentTypeError(f"bad KEY=VALUE pair {pair!r}; keys {', '.join(_LATENT_ODE_OPTIONS)}")
-        kind = _LATENT_ODE_OPTIONS[key]
+        if key not in LATENT_ODE_OPTIONS or not eq:
+            raise argparse.ArgumentTypeError(f"bad KEY=VALUE pair {pair!r}; keys {', '.join(LATENT_ODE_OPTIONS)}")
+        kind = LATENT_ODE_OPTIONS[key]
         try:
             v = kind(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{key} takes {'an integer' if kind is int else 'a number'}, "
                                              f"got {value!r}") from None
-        low = 1 if key in ("latent", "units", "n_samples") else 0
-        if not low <= v < float("inf") or (key == "obs_std" and not v > 0):
-            raise argparse.ArgumentTypeError(f"{key} must be {'> 0' if key == 'obs_std' else f'>= {low}'}"
-                                             f"{' and finite' if kind is float else ''}, got {value!r}")
+        problem = latent_ode_problem(key, v)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
         opts[key] = v
     if not opts:
         raise argparse.ArgumentTypeError("give KEY=VALUE pairs, e.g. n_samples=3")
@@ -400,7 +399,7 @@ def _timeseries_parser(sub) -> None:
                     help="evaluate an exponential moving average of the weights with this decay per "
                          "optimiser step, in (0, 1), e.g. 0.9 (default: the last weights)")
     ts.add_argument("--latent-ode", type=_latent_ode_options, default={}, metavar="KEY=VALUE[,...]",
-                    help="settings of the Latent ODE only: " + ", ".join(_LATENT_ODE_OPTIONS) +
+                    help="settings of the Latent ODE only: " + ", ".join(LATENT_ODE_OPTIONS) +
                          ", e.g. n_samples=3 (default: the model's defaults)")
     ts.add_argument("--hidden", type=_positive_int, default=32, help="hidden state size (default 32)")
     ts.add_argument("--time-scale", type=_positive_float, default=0.1,

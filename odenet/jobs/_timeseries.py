@@ -37,6 +37,19 @@ LATENT_ODE_OPTIONS = {"latent": int, "units": int, "n_samples": int, "kl_warmup"
                       "kl_weight": float}
 
 
+def latent_ode_problem(key: str, value) -> Optional[str]:
+    """Why ``value`` is not a valid value of the Latent ODE setting ``key`` (one of
+    :data:`LATENT_ODE_OPTIONS`), or None; shared by the job's config and ``--latent-ode``."""
+    if LATENT_ODE_OPTIONS[key] is int:
+        low = 1 if key in ("latent", "units", "n_samples") else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            return f"{key} must be an integer >= {low}, got {value!r}"
+    elif (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= float(value) < float("inf")
+          or (key == "obs_std" and not value > 0)):
+        return f"{key} must be a {'positive' if key == 'obs_std' else 'non-negative'} finite number, got {value!r}"
+    return None
+
+
 @dataclass
 class TimeseriesConfig:
     """Settings of :func:`timeseries` (and of ``odenet timeseries``).
@@ -147,14 +160,9 @@ class TimeseriesConfig:
         if bad:
             raise ValueError(f"latent_ode names unknown setting(s) {bad}; choose from {', '.join(LATENT_ODE_OPTIONS)}")
         for k, v in opts.items():
-            if LATENT_ODE_OPTIONS[k] is int:
-                low = 1 if k in ("latent", "units", "n_samples") else 0
-                if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                    raise ValueError(f"latent_ode {k} must be an integer >= {low}, got {v!r}")
-            elif isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= float(v) < float("inf") \
-                    or (k == "obs_std" and not v > 0):
-                raise ValueError(f"latent_ode {k} must be a {'positive' if k == 'obs_std' else 'non-negative'} "
-                                 f"finite number, got {v!r}")
+            problem = latent_ode_problem(k, v)
+            if problem is not None:
+                raise ValueError(f"latent_ode {problem}")
 
     def schedule_of(self, model: str) -> str:
         """The learning-rate schedule of ``model`` (:attr:`lr_schedule`); bad settings raise ``ValueError``."""
