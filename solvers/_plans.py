@@ -32,10 +32,9 @@ import torch
 
 from ._compile import compiling
 from ._integrate import _all_finite
-from ._problem import check_field_output
 from ._registry import METHODS
 from ._replay import PlainReplay
-from ._solution import Solution, Stats, Status
+from ._solution import Solution, Status
 
 #: plans kept per function (oldest dropped first)
 PER_FUNC = 4
@@ -65,13 +64,10 @@ def _usable_t(t) -> bool:
 
 
 class _Plan:
-    __slots__ = ("t_ref", "t_version", "grid", "times", "alphas", "check")
+    __slots__ = ("t_ref", "t_version", "template", "check")
 
-    def __init__(self, t, grid, check: bool):
-        self.t_ref, self.t_version, self.grid, self.check = weakref.ref(t), t._version, grid, check
-        step_ts, hs, c, n = grid
-        self.times = tuple(step_ts[i][0] for i in range(n))
-        self.alphas = tuple(hs[i] * c for i in range(n))
+    def __init__(self, t, template: PlainReplay, check: bool):
+        self.t_ref, self.t_version, self.template, self.check = weakref.ref(t), t._version, template, check
 
 
 def lookup(func, y0, t, method, rtol, atol, options) -> Optional[Solution]:
@@ -88,20 +84,12 @@ def lookup(func, y0, t, method, rtol, atol, options) -> Optional[Solution]:
     plan = per_func.get(key) if key is not None else None
     if plan is None or plan.t_ref() is not t or plan.t_version != t._version:
         return None
-    y, shape, n = y0, y0.shape, len(plan.times)
-    for i, (ti, a) in enumerate(zip(plan.times, plan.alphas)):
-        k = func(ti, y)
-        if i == 0 or not isinstance(k, torch.Tensor) or k.shape != shape:
-            check_field_output(k, y)  # the first call in full, as the field wrapper does
-        z = y + k if a == 1.0 else torch.add(y, k, alpha=a)
-        k = None
-        y = z
+    replay = plan.template.bound(func)
+    y, stats = replay.run(y0)
     if plan.check and not _all_finite(y):
         return None
-    sol = Solution(torch.stack([y0, y]), t.to(y0.device), Status.SUCCESS,
-                   Stats(n_f_evals=n, n_steps=n, n_accepted=n), Status.SUCCESS.value, None)
-    step_ts, hs, c, _ = plan.grid
-    sol._replay = PlainReplay(func, step_ts, hs, c, n, y0)
+    sol = Solution(torch.stack([y0, y]), t.to(y0.device), Status.SUCCESS, stats, Status.SUCCESS.value, None)
+    sol._replay = replay
     return sol
 
 
@@ -121,7 +109,7 @@ def store(func, y0, t, method, rtol, atol, options, plain, check: bool) -> None:
     per_func.pop(key, None)
     if len(per_func) >= PER_FUNC:
         per_func.pop(next(iter(per_func)))
-    per_func[key] = _Plan(t, plain[1:], check)
+    per_func[key] = _Plan(t, PlainReplay(None, *plain[1:], y0), check)  # the loop without func (held weakly)
 
 
 def clear() -> None:

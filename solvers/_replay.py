@@ -14,8 +14,6 @@ cost down to the hand-written loop's.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from ._problem import check_field_output
@@ -29,12 +27,12 @@ class PlainReplay:
     times (tensors, as the field saw them) and the step weights ``a_i = h_i c``.
     """
 
-    __slots__ = ("func", "_grid", "_times", "_alphas", "_calls", "shape", "dtype", "device")
+    __slots__ = ("func", "_grid", "_times", "_alphas", "shape", "dtype", "device")
 
     def __init__(self, func, step_ts, hs, c: float, n: int, y0: torch.Tensor):
         # every plain solve makes one; the step tuples are built when first needed
         self.func, self._grid = func, (step_ts, hs, c, n)
-        self._times = self._alphas = self._calls = None
+        self._times = self._alphas = None
         self.shape, self.dtype, self.device = y0.shape, y0.dtype, y0.device
 
     @property
@@ -46,19 +44,21 @@ class PlainReplay:
         return self._times
 
     @property
-    def calls(self) -> tuple:
-        """``func`` bound to each step's time: ``calls[i](y) == func(t_i, y)``."""
-        if self._calls is None:
-            self._calls = tuple(functools.partial(self.func, t) for t in self.times)
-        return self._calls
-
-    @property
     def alphas(self) -> tuple:
         """Each step's weight ``a_i = h_i c`` of ``y + a_i f(t_i, y)``."""
         if self._alphas is None:
             _, hs, c, n = self._grid
             self._alphas = tuple(hs[i] * c for i in range(n))
         return self._alphas
+
+    def bound(self, func) -> "PlainReplay":
+        """The same recorded loop calling ``func``: shares the step times and weights, so a
+        kept template (``func=None``: solvers._plans) costs no tensor indexing per use."""
+        other = PlainReplay.__new__(PlainReplay)
+        other.func, other._grid = func, self._grid
+        other._times, other._alphas = self.times, self.alphas
+        other.shape, other.dtype, other.device = self.shape, self.dtype, self.device
+        return other
 
     def matches(self, func, y0: torch.Tensor) -> bool:
         """Whether :meth:`run` on ``(func, y0)`` repeats the recorded solve."""
@@ -73,22 +73,21 @@ class PlainReplay:
 
         ``calls``, if given, holds one callable per step with ``calls[i](y) == func(t_i, y)``
         (a caller that knows what its function does at each stage time, such as a layerwise
-        field's blocks, saves the time lookup per step). The field's output is checked for
-        shape at every call, as the loop does (its dtype was checked on the recorded solve's
-        first call).
+        field's blocks, saves the time lookup per step). The field's first output is checked
+        in full (type, shape, dtype), as the solve's field wrapper checks it, and every later
+        one for its shape, as the loop does.
         """
-        shape, y, n = self.shape, y0, len(self.times)
-        if calls is None:
-            calls = self.calls
+        shape, y, func, times = self.shape, y0, self.func, self.times
         # Each step frees f's output before the old state (``z = ...; k = None; y = z``), the
         # order of ``y = y + f(y)``: the allocator then hands the next step the buffers the
         # hand-written loop would get. Freeing the old state first (``y = y + k; k = None``)
         # measured 2-3 % slower on a small MLP (benchmarks/bench_block.py).
-        for call, a in zip(calls, self.alphas):
-            k = call(y)
-            if not isinstance(k, torch.Tensor) or k.shape != shape:
+        for i, a in enumerate(self.alphas):
+            k = func(times[i], y) if calls is None else calls[i](y)
+            if i == 0 or not isinstance(k, torch.Tensor) or k.shape != shape:
                 check_field_output(k, y)
             z = y + k if a == 1.0 else torch.add(y, k, alpha=a)
             k = None
             y = z
+        n = len(times)
         return y, Stats(n_f_evals=n, n_steps=n, n_accepted=n)
